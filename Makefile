@@ -1,0 +1,40 @@
+# Two commands matter: `make demo` and `make test`. Both work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test demo bench lint typecheck unit servers clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+servers:
+	./scripts/ensure-servers.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check redisbreaker tests benchmarks
+	$(VENV)/bin/ruff format --check redisbreaker tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# Everything: lint, types, and the whole suite against real servers it starts itself.
+test: $(STAMP) servers lint typecheck
+	$(PY) -m pytest -q
+
+# Quick unit tests only (fakeredis and pure logic).
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not cluster and not celery and not rabbitmq" tests/unit
+
+demo: $(STAMP)
+	$(PY) -m redisbreaker.demo
+
+bench: $(STAMP) servers
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

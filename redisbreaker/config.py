@@ -1,0 +1,237 @@
+"""Connecting: the default client, URL parsing, and keeping credentials out of messages.
+
+``configure(url=...)`` or the ``REDISBREAKER_URL`` environment variable sets the
+client that every object uses unless it is given ``client=``. Accepted URLs:
+
+* ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS);
+* ``unix://[user:password@]/path/to/redis.sock[?db=N]``;
+* ``redis+cluster://host:port[,host:port...]`` and ``rediss+cluster://`` for Redis
+  Cluster (any reachable node; the rest are discovered), or pass a ``RedisCluster``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from redisbreaker.errors import ConfigurationError
+from redisbreaker.keys import DEFAULT_PREFIX, validate_prefix
+
+ENV_URL = "REDISBREAKER_URL"
+ENV_PREFIX = "REDISBREAKER_PREFIX"
+
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (and user name) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if "@" not in parts.netloc:
+        return url
+    hosts = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{hosts}"))
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedUrl:
+    scheme: str
+    url: str  # the URL as redis-py expects it (cluster marker removed)
+    cluster_nodes: tuple[tuple[str, int], ...]
+
+    @property
+    def is_cluster(self) -> bool:
+        return bool(self.cluster_nodes)
+
+
+def parse_url(url: object) -> ParsedUrl:
+    """Validate ``url``; errors name the URL with its credentials redacted."""
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(f"Redis URL must be a non-empty str, got {type(url).__name__}")
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"Redis URL {shown!r} cannot be parsed: {exc}") from None
+    if parts.scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"Redis URL {shown!r} has scheme {parts.scheme!r}; expected one of {_SCHEMES}"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigurationError(f"Redis URL {shown!r} names no socket path")
+        return ParsedUrl("unix", url, ())
+    if parts.scheme.endswith("+cluster"):
+        return ParsedUrl(parts.scheme, url, _cluster_nodes(parts, shown))
+    if not parts.hostname:
+        raise ConfigurationError(f"Redis URL {shown!r} names no host")
+    _check_port(parts, shown)
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ConfigurationError(f"Redis URL {shown!r} has database {db!r}; expected a number")
+    return ParsedUrl(parts.scheme, url, ())
+
+
+def _check_port(parts: SplitResult, shown: str) -> None:
+    try:
+        parts.port  # noqa: B018 - the property validates the port
+    except ValueError:
+        raise ConfigurationError(f"Redis URL {shown!r} has an invalid port") from None
+
+
+def _cluster_nodes(parts: SplitResult, shown: str) -> tuple[tuple[str, int], ...]:
+    hosts = parts.netloc.rpartition("@")[2]
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"Redis Cluster URL {shown!r} has node {item!r}; expected host:port"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return tuple(nodes)
+
+
+def _credentials(parts: SplitResult) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if parts.username:
+        out["username"] = parts.username
+    if parts.password:
+        out["password"] = parts.password
+    return out
+
+
+def client_from_url(url: str, **options: Any) -> SyncClient:
+    """A redis-py client for ``url`` (``redis.Redis`` or ``redis.cluster.RedisCluster``)."""
+    parsed = parse_url(url)
+    if parsed.is_cluster:
+        parts = urlsplit(url)
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in parsed.cluster_nodes]
+        return redis.cluster.RedisCluster(
+            startup_nodes=nodes,
+            ssl=parsed.scheme.startswith("rediss"),
+            **_credentials(parts),
+            **options,
+        )
+    return redis.Redis.from_url(url, **options)
+
+
+def async_client_from_url(url: str, **options: Any) -> AsyncClient:
+    """The asyncio twin of :func:`client_from_url`."""
+    parsed = parse_url(url)
+    if parsed.is_cluster:
+        parts = urlsplit(url)
+        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in parsed.cluster_nodes]
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=nodes,
+            ssl=parsed.scheme.startswith("rediss"),
+            **_credentials(parts),
+            **options,
+        )
+    return redis.asyncio.Redis.from_url(url, **options)
+
+
+# Every client we build gets bounded timeouts, so an unreachable Redis turns into an
+# error the outage policy can handle instead of a hung worker.
+CLIENT_DEFAULTS: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+
+
+class _Defaults:
+    """The process-wide default client, created lazily and safe to use after fork."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.url: str | None = None
+        self.prefix: str = DEFAULT_PREFIX
+        self.client: SyncClient | None = None
+        self.options: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        shown = redact_url(self.url) if self.url else None
+        return f"<redisbreaker defaults url={shown!r} prefix={self.prefix!r}>"
+
+
+_defaults = _Defaults()
+
+
+def configure(
+    url: str | None = None,
+    *,
+    client: SyncClient | None = None,
+    prefix: str | None = None,
+    **client_options: Any,
+) -> None:
+    """Set the default Redis client and key prefix used when ``client=`` is not given.
+
+    Validates eagerly: a bad URL or prefix raises :class:`ConfigurationError` here,
+    not at first use. No connection is made.
+    """
+    if url is not None and client is not None:
+        raise ConfigurationError("configure() takes url= or client=, not both")
+    if url is not None:
+        parse_url(url)
+    new_prefix = validate_prefix(prefix) if prefix is not None else None
+    with _defaults.lock:
+        if url is not None or client is not None:
+            _defaults.url = url
+            _defaults.client = client
+            _defaults.options = dict(client_options)
+        if new_prefix is not None:
+            _defaults.prefix = new_prefix
+
+
+def default_url() -> str:
+    url = _defaults.url or os.environ.get(ENV_URL)
+    if not url:
+        raise ConfigurationError(
+            f"no Redis configured: call redisbreaker.configure(url=...), set {ENV_URL}, "
+            "or pass client="
+        )
+    return url
+
+
+def default_client() -> SyncClient:
+    """The configured client, built on first use from the URL or ``REDISBREAKER_URL``."""
+    with _defaults.lock:
+        if _defaults.client is None:
+            url = _defaults.url or os.environ.get(ENV_URL)
+            if not url:
+                raise ConfigurationError(
+                    f"no Redis configured: call redisbreaker.configure(url=...), set {ENV_URL},"
+                    " or pass client="
+                )
+            _defaults.client = client_from_url(url, **{**CLIENT_DEFAULTS, **_defaults.options})
+        return _defaults.client
+
+
+def default_async_client() -> AsyncClient:
+    """A new asyncio client for the configured URL (asyncio clients bind to a loop)."""
+    return async_client_from_url(default_url(), **{**CLIENT_DEFAULTS, **_defaults.options})
+
+
+def default_prefix() -> str:
+    env = os.environ.get(ENV_PREFIX)
+    if _defaults.prefix == DEFAULT_PREFIX and env:
+        return validate_prefix(env)
+    return _defaults.prefix
+
+
+def _reset_for_tests() -> None:
+    with _defaults.lock:
+        _defaults.url = None
+        _defaults.client = None
+        _defaults.prefix = DEFAULT_PREFIX
+        _defaults.options = {}

@@ -1,0 +1,40 @@
+"""The library's exceptions: one small hierarchy, so callers can catch by concept."""
+
+from __future__ import annotations
+
+
+class RedisBreakerError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigurationError(RedisBreakerError, ValueError):
+    """An option, URL or name is invalid; the message names the bad value."""
+
+
+class StorageError(RedisBreakerError):
+    """Redis could not be reached or answered with an error, and policy says to raise."""
+
+
+class CorruptStateError(StorageError):
+    """A key holds something this library did not write (wrong type or shape)."""
+
+
+class CircuitOpenError(RedisBreakerError):
+    """The breaker refused the call because it is open (or forced open).
+
+    ``retry_after`` is measured by the Redis server's clock and is the number of
+    seconds until the breaker lets a trial call through; ``0.0`` means "now, if a
+    half-open permit is free".
+    """
+
+    def __init__(self, name: str, retry_after: float, state: str = "open") -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.state = state
+        super().__init__(
+            f"circuit {name!r} is {state.replace('_', '-')}; retry after {retry_after:.3f}s"
+        )
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float, str]]:
+        # Celery pickles exceptions into results; keep the fields across that.
+        return (type(self), (self.name, self.retry_after, self.state))

@@ -38,3 +38,23 @@ class CircuitOpenError(RedisBreakerError):
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float, str]]:
         # Celery pickles exceptions into results; keep the fields across that.
         return (type(self), (self.name, self.retry_after, self.state))
+
+
+class TransactionError(RedisBreakerError):
+    """A transaction operation was refused; the message names the transaction and why."""
+
+
+class UnknownTransactionError(TransactionError, LookupError):
+    """No tally and no decision exist for this transaction id (never begun, or expired)."""
+
+
+class NotAParticipantError(TransactionError, ConfigurationError):
+    """The transaction names its participants and this id is not one of them."""
+
+
+class TransactionExistsError(TransactionError):
+    """``begin`` was given an id that is already in use (tally or decision)."""
+
+
+class NotDecidedError(TransactionError):
+    """The operation needs a decision (e.g. ``ack``) and the transaction has none yet."""

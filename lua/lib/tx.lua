@@ -1,0 +1,144 @@
+-- Shared helpers of the transaction scripts (tx_*.lua).
+--
+-- Every tx script takes the same KEYS, all under one hash tag:
+--   KEYS[1] meta      hash: n, deadline, created, keep, named, payload, hint, yes, no
+--   KEYS[2] votes     hash: participant -> "1" (yes) | "0" (no)
+--   KEYS[3] members   set of participant ids (only when the set is named)
+--   KEYS[4] decision  hash, the tombstone: outcome, kind, who, text, at, n, yes, no,
+--                     deadline, acked, dispatched, and "a:<participant>" per ack
+--   KEYS[5] claim     string: the token of whoever is dispatching handlers (PX lease)
+--   KEYS[6] dispatched set of participants whose handler was sent
+-- and the same first ARGV:
+--   ARGV[1] clock override in ms ("" in production: use the server's TIME)
+--   ARGV[2] pub/sub channel the decision is published on
+--   ARGV[3] transaction id (echoed in the published message)
+-- The tally keys (meta, votes, members, claim, dispatched) go away once every
+-- participant has acked; the decision stays for `keep` ms, so a late or redelivered
+-- vote finds the decision and can never start the tally again.
+
+local function tx_now(override)
+  if override ~= nil and override ~= '' then
+    return tonumber(override)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A minimal msgpack encoder (strings and non-negative integers in arrays): the
+-- decision is published as msgpack, and cmsgpack is not available everywhere.
+local function mp_uint(n)
+  if n < 128 then
+    return string.char(n)
+  elseif n < 65536 then
+    return string.char(0xcd, math.floor(n / 256), n % 256)
+  elseif n < 4294967296 then
+    return string.char(0xce, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+      math.floor(n / 256) % 256, n % 256)
+  end
+  local hi = math.floor(n / 4294967296)
+  local lo = n - hi * 4294967296
+  return string.char(0xcf, math.floor(hi / 16777216) % 256, math.floor(hi / 65536) % 256,
+    math.floor(hi / 256) % 256, hi % 256, math.floor(lo / 16777216) % 256,
+    math.floor(lo / 65536) % 256, math.floor(lo / 256) % 256, lo % 256)
+end
+
+local function mp_str(s)
+  local n = string.len(s)
+  if n < 32 then
+    return string.char(0xa0 + n) .. s
+  elseif n < 256 then
+    return string.char(0xd9, n) .. s
+  elseif n < 65536 then
+    return string.char(0xda, math.floor(n / 256), n % 256) .. s
+  end
+  return string.char(0xdb, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256) .. s
+end
+
+local function mp_value(v)
+  if type(v) == 'number' then
+    return mp_uint(v)
+  end
+  return mp_str(tostring(v))
+end
+
+local function mp_array(items)
+  local n = #items
+  local out = {}
+  if n < 16 then
+    out[1] = string.char(0x90 + n)
+  else
+    out[1] = string.char(0xdc, math.floor(n / 256), n % 256)
+  end
+  for i = 1, n do
+    out[i + 1] = mp_value(items[i])
+  end
+  return table.concat(out)
+end
+
+local function tx_num(v)
+  return tonumber(v) or 0
+end
+
+-- The reply every tx script but tx_claim returns (see _txcore.parse_view):
+-- {code, outcome, kind, who, text, at, n, yes, no, acked, deadline, now, my_vote, my_ack}
+local function tx_view(code, now, participant)
+  local d = redis.call('HMGET', KEYS[4], 'outcome', 'kind', 'who', 'text', 'at', 'n', 'yes',
+    'no', 'acked', 'deadline')
+  local outcome, kind, who, text, at = d[1] or 'pending', d[2] or '', d[3] or '', d[4] or '', tx_num(d[5])
+  local n, yes, no, deadline = tx_num(d[6]), tx_num(d[7]), tx_num(d[8]), tx_num(d[10])
+  local acked = tx_num(d[9])
+  local m = redis.call('HMGET', KEYS[1], 'n', 'yes', 'no', 'deadline')
+  if m[1] then
+    n, yes, no, deadline = tx_num(m[1]), tx_num(m[2]), tx_num(m[3]), tx_num(m[4])
+  end
+  local my_vote, my_ack = '', 0
+  if participant ~= nil and participant ~= '' then
+    my_vote = redis.call('HGET', KEYS[2], participant) or ''
+    if redis.call('HEXISTS', KEYS[4], 'a:' .. participant) == 1 then
+      my_ack = 1
+    end
+  end
+  return {code, outcome, kind, who, text, at, n, yes, no, acked, deadline, now, my_vote, my_ack}
+end
+
+-- Record the decision once, keep it for `keep` ms, and publish it.
+local function tx_decide(outcome, kind, who, text, now)
+  local m = redis.call('HMGET', KEYS[1], 'n', 'yes', 'no', 'deadline', 'keep')
+  local keep = tx_num(m[5])
+  redis.call('HSET', KEYS[4], 'outcome', outcome, 'kind', kind, 'who', who, 'text', text,
+    'at', now, 'n', tx_num(m[1]), 'yes', tx_num(m[2]), 'no', tx_num(m[3]),
+    'deadline', tx_num(m[4]), 'acked', 0, 'dispatched', 0)
+  redis.call('PEXPIRE', KEYS[4], keep)
+  for i = 1, 3 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      redis.call('PEXPIRE', KEYS[i], keep)
+    end
+  end
+  redis.call('PUBLISH', ARGV[2], mp_array({ARGV[3], outcome, kind, who, text, now,
+    tx_num(m[1]), tx_num(m[2]), tx_num(m[3]), tx_num(m[4])}))
+end
+
+-- Decide ROLLBACK if the deadline has passed without a decision. Returns true if the
+-- transaction is (now) decided.
+local function tx_check_deadline(now)
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    return true
+  end
+  local m = redis.call('HMGET', KEYS[1], 'n', 'yes', 'no', 'deadline', 'hint')
+  if not m[1] then
+    return false
+  end
+  if now >= tx_num(m[4]) then
+    local n, yes, no = tx_num(m[1]), tx_num(m[2]), tx_num(m[3])
+    local text = string.format('deadline passed with %d of %d voted yes, %d no, %d never voted',
+      yes, n, no, n - yes - no)
+    -- The hint (given at begin) explains a likely cause of votes that never came.
+    if n - yes - no > 0 and m[5] and m[5] ~= '' then
+      text = text .. '; ' .. m[5]
+    end
+    tx_decide('rollback', 'timeout', '', text, now)
+    return true
+  end
+  return false
+end

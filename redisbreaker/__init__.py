@@ -1,0 +1,37 @@
+"""redisbreaker: circuit breakers, pause gates and commit votes for a Celery fleet, in Redis."""
+
+from __future__ import annotations
+
+from redisbreaker.breaker import SharedBreaker
+from redisbreaker.config import configure
+from redisbreaker.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    CorruptStateError,
+    RedisBreakerError,
+    StorageError,
+)
+from redisbreaker.options import Backoff, BreakerOptions, CountWindow, OutagePolicy, TimeWindow
+from redisbreaker.outage import BreakerUnavailableError
+from redisbreaker.state import Snapshot, State, Transition
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "SharedBreaker",
+    "configure",
+    "State",
+    "Snapshot",
+    "Transition",
+    "BreakerOptions",
+    "CountWindow",
+    "TimeWindow",
+    "Backoff",
+    "OutagePolicy",
+    "RedisBreakerError",
+    "ConfigurationError",
+    "StorageError",
+    "CorruptStateError",
+    "CircuitOpenError",
+    "BreakerUnavailableError",
+]

@@ -1,0 +1,272 @@
+"""The breaker's state machine in pure Python: the reference for ``lua/lib/breaker.lua``.
+
+It reads the same ARGV list the scripts read and returns the same reply, so the test
+suite can drive it and the Lua scripts with one random sequence and compare them
+after every step. It is also the in-process breaker of the ``local`` outage policy.
+Keep it line-for-line with the Lua; that is what makes the comparison meaningful.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redisbreaker.state import State, Verdict, View
+
+
+def _is_fail(c: str) -> bool:
+    return c in ("1", "3")
+
+
+def _is_slow(c: str) -> bool:
+    return c in ("2", "3")
+
+
+@dataclass
+class _Cfg:
+    fail_max: int
+    wkind: int
+    wsize: int
+    min_calls: int
+    rate_bp: int
+    slow_bp: int
+    reset_ms: int
+    mult: float
+    max_ms: int
+    jitter: float
+    rand: float
+    permits: int
+    lease_ms: int
+    succ: int
+
+    @classmethod
+    def parse(cls, argv: Sequence[Any]) -> _Cfg:
+        a = [x.decode() if isinstance(x, bytes) else str(x) for x in argv[:16]]
+        return cls(
+            fail_max=int(a[1]), wkind=int(a[2]), wsize=int(a[3]), min_calls=int(a[4]),
+            rate_bp=int(a[5]), slow_bp=int(a[6]), reset_ms=int(a[7]), mult=float(a[8]),
+            max_ms=int(a[9]), jitter=float(a[10]), rand=float(a[11]), permits=int(a[12]),
+            lease_ms=int(a[13]), succ=int(a[14]),
+        )  # fmt: skip
+
+    @property
+    def wk(self) -> str:
+        return f"{self.wkind}:{self.wsize}"
+
+
+@dataclass
+class BreakerModel:
+    """One breaker's shared state, held in memory instead of Redis."""
+
+    st: State = State.CLOSED
+    gen: int = 0
+    until: int = 0
+    trips: int = 0
+    consec: int = 0
+    hs: int = 0
+    n: int = 0
+    wf: int = 0
+    ws: int = 0
+    h: int = 0
+    ring: str = ""
+    wsec: int = 0
+    wk: str | None = None
+    buckets: dict[int, list[int]] = field(default_factory=dict)
+    permits: dict[str, int] = field(default_factory=dict)
+    events: list[tuple[State, State, int, int]] = field(default_factory=list)
+
+    # -- operations (one per script) ------------------------------------------------
+
+    def admit(self, argv: Sequence[Any], now: int, token: str, pending: int, pgen: int) -> View:
+        c = self._load(argv)
+        if c.wkind == 2:
+            self._tw_advance(c, now // 1000)
+        self._apply_pending(c, pending, pgen, now)
+        verdict, wait = Verdict.ALLOW, 0
+        if self.st is State.OPEN:
+            if now < self.until:
+                verdict, wait = Verdict.REJECT, self.until - now
+            else:
+                self._transition(c, State.HALF_OPEN, now)
+        if self.st is State.HALF_OPEN:
+            self.permits = {t: e for t, e in self.permits.items() if e > now}
+            if len(self.permits) < c.permits:
+                self.permits[token] = now + c.lease_ms
+                verdict = Verdict.TRIAL
+            else:
+                first = min(self.permits.items(), key=lambda kv: (kv[1], kv[0]))
+                verdict, wait = Verdict.REJECT, first[1] - now
+        elif self.st is State.FORCED_OPEN:
+            verdict = Verdict.REJECT
+        return self._reply(verdict, wait)
+
+    def record(
+        self, argv: Sequence[Any], now: int, token: str, pending: int, pgen: int, gen: int,
+        code: str,
+    ) -> View:  # fmt: skip
+        c = self._load(argv)
+        if c.wkind == 2:
+            self._tw_advance(c, now // 1000)
+        self._apply_pending(c, pending, pgen, now)
+        if token:
+            self.permits.pop(token, None)
+        if gen == self.gen and code != "x":
+            if self.st is State.CLOSED:
+                self._record_closed(c, code, 1, now)
+            elif self.st is State.HALF_OPEN and token:
+                if _is_fail(code):
+                    self._transition(c, State.OPEN, now)
+                else:
+                    self.hs += 1
+                    if self.hs >= c.succ:
+                        self._transition(c, State.CLOSED, now)
+        return self._reply(Verdict.NONE, 0)
+
+    def operate(self, argv: Sequence[Any], now: int, cmd: str, open_for: int = 0) -> View:
+        c = self._load(argv)
+        if cmd == "force_open":
+            if self.st is not State.FORCED_OPEN:
+                self._transition(c, State.FORCED_OPEN, now)
+        elif cmd == "disable":
+            if self.st is not State.DISABLED:
+                self._transition(c, State.DISABLED, now)
+        elif cmd == "reset":
+            if self.st is not State.CLOSED:
+                self._transition(c, State.CLOSED, now)
+            else:
+                self._win_reset(c)
+                self.consec = 0
+            self.trips = 0
+        elif cmd == "open":
+            self._transition(c, State.OPEN, now, open_for)
+        else:
+            raise ValueError(f"unknown breaker command {cmd!r}")
+        return self._reply(Verdict.NONE, self._remain(now))
+
+    def snapshot(self, argv: Sequence[Any], now: int) -> View:
+        c = self._load(argv)
+        if c.wkind == 2:
+            self._tw_advance(c, now // 1000)
+        return self._reply(Verdict.NONE, self._remain(now))
+
+    # -- the machine ----------------------------------------------------------------
+
+    def _load(self, argv: Sequence[Any]) -> _Cfg:
+        self._from = None
+        c = _Cfg.parse(argv)
+        if self.wk != c.wk:
+            self._win_reset(c)
+            self.wk = c.wk
+        return c
+
+    def _win_reset(self, c: _Cfg) -> None:
+        self.n = self.wf = self.ws = self.h = self.wsec = 0
+        self.ring = "-" * c.wsize if c.wkind == 1 else ""
+        self.buckets = {}
+
+    def _tw_advance(self, c: _Cfg, sec: int) -> None:
+        if sec <= self.wsec:
+            return
+        if sec - self.wsec >= c.wsize:
+            self.n = self.wf = self.ws = 0
+            self.buckets = {}
+        else:
+            for x in range(self.wsec + 1, sec + 1):
+                t, f, s = self.buckets.pop(x % c.wsize, [0, 0, 0])
+                self.n -= t
+                self.wf -= f
+                self.ws -= s
+        self.wsec = sec
+
+    def _cw_push(self, c: _Cfg, code: str, m: int) -> None:
+        size = c.wsize
+        f, w = int(_is_fail(code)), int(_is_slow(code))
+        if m >= size:
+            self.ring, self.h, self.n, self.wf, self.ws = code * size, 0, size, f * size, w * size
+            return
+        first = min(m, size - self.h)
+        evicted = self.ring[self.h : self.h + first] + self.ring[: m - first]
+        self.n += m - sum(ch in "0123" for ch in evicted)
+        self.wf += f * m - sum(ch in "13" for ch in evicted)
+        self.ws += w * m - sum(ch in "23" for ch in evicted)
+        if self.h + m <= size:
+            self.ring = self.ring[: self.h] + code * m + self.ring[self.h + m :]
+        else:
+            wrap = self.h + m - size
+            self.ring = code * wrap + self.ring[wrap : self.h] + code * (size - self.h)
+        self.h = (self.h + m) % size
+
+    def _tw_push(self, c: _Cfg, code: str, m: int, now: int) -> None:
+        self._tw_advance(c, now // 1000)
+        b = self.buckets.setdefault(self.wsec % c.wsize, [0, 0, 0])
+        b[0] += m
+        self.n += m
+        if _is_fail(code):
+            b[1] += m
+            self.wf += m
+        if _is_slow(code):
+            b[2] += m
+            self.ws += m
+
+    def _should_trip(self, c: _Cfg) -> bool:
+        if c.fail_max > 0 and self.consec >= c.fail_max:
+            return True
+        if c.wkind > 0 and self.n > 0 and self.n >= c.min_calls:
+            if c.rate_bp > 0 and self.wf * 10000 >= c.rate_bp * self.n:
+                return True
+            if c.slow_bp > 0 and self.ws * 10000 >= c.slow_bp * self.n:
+                return True
+        return False
+
+    @staticmethod
+    def _open_ms(c: _Cfg, trips: int) -> int:
+        d = c.reset_ms * (c.mult ** (trips - 1))
+        d = min(d, c.max_ms)
+        return math.floor(d * (1 + c.jitter * c.rand))
+
+    def _remain(self, now: int) -> int:
+        return self.until - now if self.st is State.OPEN and self.until > now else 0
+
+    def _transition(self, c: _Cfg, new: State, now: int, open_for: int | None = None) -> None:
+        self._from = self.st
+        self.st = new
+        self.gen += 1
+        self.consec = self.hs = 0
+        self.until = 0
+        if new is State.OPEN:
+            if open_for is None:
+                self.trips += 1
+                open_for = self._open_ms(c, self.trips)
+            self.until = now + open_for
+        elif new is not State.HALF_OPEN:
+            self.trips = 0
+        if new is not State.HALF_OPEN:
+            self._win_reset(c)
+        self.permits = {}
+        self.events.append((self._from, new, self.gen, self._remain(now)))
+
+    def _record_closed(self, c: _Cfg, code: str, m: int, now: int) -> None:
+        if m <= 0 or self.st is not State.CLOSED:
+            return
+        self.consec = self.consec + m if _is_fail(code) else 0
+        if c.wkind == 1:
+            self._cw_push(c, code, m)
+        elif c.wkind == 2:
+            self._tw_push(c, code, m, now)
+        if self._should_trip(c):
+            self._transition(c, State.OPEN, now)
+
+    def _apply_pending(self, c: _Cfg, m: int, gen: int, now: int) -> None:
+        if m > 0 and gen == self.gen:
+            self._record_closed(c, "0", m, now)
+
+    def _reply(self, verdict: Verdict, wait: int) -> View:
+        return View(
+            state=self.st, generation=self.gen, wait_ms=wait, consecutive_failures=self.consec,
+            calls=self.n, failures=self.wf, slow_calls=self.ws, half_open_successes=self.hs,
+            trips=self.trips, transitioned_from=self._from, verdict=verdict,
+        )  # fmt: skip
+
+    _from: State | None = None

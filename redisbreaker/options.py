@@ -1,0 +1,252 @@
+"""A breaker's settings: small policy objects, validated once, at construction.
+
+Every error names the option and the bad value. The settings travel to Redis with
+every script call (``BreakerOptions.argv``), so the scripts keep no configuration
+of their own; processes sharing a breaker should use the same settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from redisbreaker.errors import ConfigurationError
+
+ExceptionMatcher: TypeAlias = type[BaseException] | Callable[[BaseException], bool]
+
+
+class OutagePolicy(StrEnum):
+    """What a breaker does while Redis cannot be reached."""
+
+    FAIL_OPEN = "fail_open"  # calls run; outcomes are not recorded
+    FAIL_CLOSED = "fail_closed"  # calls are refused with BreakerUnavailableError
+    LOCAL = "local"  # an in-process breaker with the same settings stands in
+
+
+@dataclass(frozen=True, slots=True)
+class CountWindow:
+    """Judge the failure rate over the last ``size`` calls."""
+
+    size: int
+
+    def __post_init__(self) -> None:
+        _positive_int("CountWindow.size", self.size, maximum=100_000)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Judge the failure rate over the calls of the last ``seconds`` seconds."""
+
+    seconds: int
+
+    def __post_init__(self) -> None:
+        _positive_int("TimeWindow.seconds", self.seconds, maximum=86_400)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Grow the open period on repeated trips: ``reset_timeout * multiplier**(trips-1)``,
+    capped at ``max``, then lengthened by up to ``jitter`` (a fraction) at random."""
+
+    multiplier: float = 2.0
+    max: float = 600.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        _number("Backoff.multiplier", self.multiplier, low=1.0, high=100.0)
+        _number("Backoff.max", self.max, low=0.001, high=30 * 86_400.0)
+        _number("Backoff.jitter", self.jitter, low=0.0, high=1.0)
+
+
+Window: TypeAlias = CountWindow | TimeWindow
+
+
+def _positive_int(name: str, value: object, *, maximum: int = 2**31) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ConfigurationError(f"{name} must be an int from 1 to {maximum}, got {value!r}")
+    return value
+
+
+def _number(
+    name: str, value: object, *, low: float, high: float, low_open: bool = False
+) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(v) and (v > low if low_open else v >= low) and v <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigurationError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _matchers(name: str, value: object) -> tuple[ExceptionMatcher, ...]:
+    items: Iterable[object]
+    if isinstance(value, type) or callable(value):
+        items = (value,)
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = value
+    else:
+        raise ConfigurationError(
+            f"{name} must be an exception type, a predicate, or a sequence of them; got {value!r}"
+        )
+    out: list[ExceptionMatcher] = []
+    for item in items:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            out.append(item)
+        elif callable(item) and not isinstance(item, type):
+            out.append(item)
+        else:
+            raise ConfigurationError(
+                f"{name} entries must be exception types or predicates, got {item!r}"
+            )
+    return tuple(out)
+
+
+def _matches(matchers: tuple[ExceptionMatcher, ...], exc: BaseException) -> bool:
+    for m in matchers:
+        if isinstance(m, type):
+            if isinstance(exc, m):
+                return True
+        elif m(exc):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class BreakerOptions:
+    """All of a breaker's settings. See the README's option table for each one."""
+
+    fail_max: int | None = 5
+    window: Window | None = None
+    minimum_calls: int = 10
+    failure_rate_threshold: float | None = None
+    slow_call_duration: float | None = None
+    slow_call_rate_threshold: float | None = None
+    reset_timeout: float = 30.0
+    backoff: Backoff | None = None
+    half_open_permits: int = 1
+    trial_lease: float = 60.0
+    success_threshold: int = 1
+    record: tuple[ExceptionMatcher, ...] = (Exception,)
+    ignore: tuple[ExceptionMatcher, ...] = ()
+    on_outage: OutagePolicy = OutagePolicy.FAIL_OPEN
+    sync_interval: float = 1.0
+    max_pending: int = 10_000
+    ttl: float = 7 * 86_400.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.fail_max is not None:
+            _positive_int("fail_max", self.fail_max)
+        if self.window is not None and not isinstance(self.window, CountWindow | TimeWindow):
+            raise ConfigurationError(
+                f"window must be CountWindow(size) or TimeWindow(seconds), got {self.window!r}"
+            )
+        _positive_int("minimum_calls", self.minimum_calls)
+        for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
+            value = getattr(self, name)
+            if value is not None:
+                _number(name, value, low=0.0, high=1.0, low_open=True)
+                if self.window is None:
+                    raise ConfigurationError(
+                        f"{name}={value!r} needs a window=CountWindow(...) or TimeWindow(...)"
+                    )
+        if self.slow_call_duration is not None:
+            _number("slow_call_duration", self.slow_call_duration, low=0.0, high=86_400.0,
+                    low_open=True)  # fmt: skip
+        if (self.slow_call_rate_threshold is None) != (self.slow_call_duration is None):
+            raise ConfigurationError(
+                "slow_call_duration and slow_call_rate_threshold go together; got "
+                f"slow_call_duration={self.slow_call_duration!r}, "
+                f"slow_call_rate_threshold={self.slow_call_rate_threshold!r}"
+            )
+        if self.window is not None and (
+            self.failure_rate_threshold is None and self.slow_call_rate_threshold is None
+        ):
+            raise ConfigurationError(
+                f"window={self.window!r} needs failure_rate_threshold or slow_call_rate_threshold"
+            )
+        if self.fail_max is None and self.window is None:
+            raise ConfigurationError("no trip policy: set fail_max, or a window with a threshold")
+        _number("reset_timeout", self.reset_timeout, low=0.0, high=30 * 86_400.0, low_open=True)
+        if self.backoff is not None:
+            if not isinstance(self.backoff, Backoff):
+                raise ConfigurationError(f"backoff must be a Backoff(...), got {self.backoff!r}")
+            if self.backoff.max < self.reset_timeout:
+                raise ConfigurationError(
+                    f"Backoff.max={self.backoff.max!r} is below reset_timeout={self.reset_timeout!r}"
+                )
+        _positive_int("half_open_permits", self.half_open_permits, maximum=10_000)
+        _number("trial_lease", self.trial_lease, low=0.0, high=86_400.0, low_open=True)
+        _positive_int("success_threshold", self.success_threshold, maximum=10_000)
+        set_(self, "record", _matchers("record", self.record))
+        set_(self, "ignore", _matchers("ignore", self.ignore))
+        try:
+            set_(self, "on_outage", OutagePolicy(self.on_outage))
+        except ValueError:
+            choices = [p.value for p in OutagePolicy]
+            raise ConfigurationError(
+                f"on_outage must be one of {choices}, got {self.on_outage!r}"
+            ) from None
+        _number("sync_interval", self.sync_interval, low=0.0, high=3600.0, low_open=True)
+        _positive_int("max_pending", self.max_pending, maximum=10_000_000)
+        _number("ttl", self.ttl, low=1.0, high=365 * 86_400.0)
+        longest = self.backoff.max * 2 if self.backoff else self.reset_timeout
+        if self.ttl < longest:
+            raise ConfigurationError(
+                f"ttl={self.ttl!r} is shorter than the longest open period ({longest}s)"
+            )
+
+    @property
+    def open_ceiling(self) -> float:
+        """The longest an automatic open period can last, in seconds."""
+        if self.backoff is None:
+            return self.reset_timeout
+        return self.backoff.max * (1 + self.backoff.jitter)
+
+    def outcome(self, exc: BaseException | None, duration: float) -> str:
+        """The outcome code a call's result maps to (see ``lua/lib/breaker.lua``)."""
+        slow = self.slow_call_duration is not None and duration > self.slow_call_duration
+        if exc is None:
+            return "2" if slow else "0"
+        if _matches(self.ignore, exc) or not _matches(self.record, exc):
+            return "x"
+        return "3" if slow else "1"
+
+    def argv(self, *, clock: str, rand: float, channel: str, event_prefix: bytes) -> list[Any]:
+        """ARGV[1..18] of every breaker script, in the order ``lua/lib/breaker.lua`` reads."""
+        w = self.window
+        kind, size = (1, w.size) if isinstance(w, CountWindow) else (2, w.seconds) if w else (0, 0)
+        b = self.backoff
+        return [
+            clock,
+            self.fail_max or 0,
+            kind,
+            size,
+            self.minimum_calls,
+            _basis_points(self.failure_rate_threshold),
+            _basis_points(self.slow_call_rate_threshold),
+            _ms(self.reset_timeout),
+            repr(b.multiplier) if b else "1",
+            _ms(b.max) if b else _ms(self.reset_timeout),
+            repr(b.jitter) if b else "0",
+            repr(rand),
+            self.half_open_permits,
+            _ms(self.trial_lease),
+            self.success_threshold,
+            _ms(self.ttl),
+            channel,
+            event_prefix,
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _basis_points(fraction: float | None) -> int:
+    return 0 if fraction is None else max(1, round(fraction * 10_000))

@@ -35,6 +35,9 @@ log = logging.getLogger("redisbreaker.transaction")
 READY_TIMEOUT = 2.0
 # The fallback period when the subscription is not confirmed.
 DEGRADED_STEP = 0.5
+# A subscriber with no waiters for this long closes its connection and ends; the next
+# waiter starts a new one (so idle processes and dropped clients hold nothing).
+IDLE_EXIT = 5.0
 _RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -105,14 +108,28 @@ class Hub:
             waiter.recheck = True
             waiter.event.set()
 
+    def _idle_exit(self, since: float) -> bool:
+        """End the thread if nobody has waited since ``since``; decided under the lock."""
+        with self._lock:
+            if self._waiters or time.monotonic() - since < IDLE_EXIT:
+                return False
+            self._thread = None
+            self.ready.clear()
+            return True
+
     def _run(self) -> None:
         attempt = 0
+        idle_since = time.monotonic()
         while True:
             pubsub = self.client.pubsub()
             try:
                 pubsub.subscribe(self.channel)
                 while True:
                     message = pubsub.get_message(timeout=1.0)
+                    if self._waiters:
+                        idle_since = time.monotonic()
+                    elif self._idle_exit(idle_since):
+                        return
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
@@ -126,6 +143,8 @@ class Hub:
                             self.deliver(decision)
             except Exception as exc:
                 self.ready.clear()
+                if self._idle_exit(idle_since):
+                    return
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
                 attempt += 1
                 log.warning("transaction subscriber lost its connection (%r); retrying", exc)
@@ -203,14 +222,24 @@ class AsyncHub:
                 waiter.recheck = True
                 waiter.event.set()
 
+    def _idle(self, since: float) -> bool:
+        return not self._waiters and time.monotonic() - since >= IDLE_EXIT
+
     async def _run(self) -> None:
         attempt = 0
+        idle_since = time.monotonic()
         while True:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
+                    if self._waiters:
+                        idle_since = time.monotonic()
+                    elif self._idle(idle_since):
+                        # No await between this check and returning: no waiter can slip in.
+                        self.ready.clear()
+                        return
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
@@ -225,6 +254,8 @@ class AsyncHub:
                 raise
             except Exception as exc:
                 self.ready.clear()
+                if self._idle(idle_since):
+                    return
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
                 attempt += 1
                 log.warning("transaction subscriber lost its connection (%r); retrying", exc)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
+import msgpack
 
 from redisbreaker.errors import (
     ConfigurationError,

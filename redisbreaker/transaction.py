@@ -36,7 +36,7 @@ _SCRIPTS = ("tx_begin", "tx_vote", "tx_status", "tx_abort", "tx_ack", "tx_claim"
 class Participation:
     """What :meth:`Transaction.participate` learned: the decision, once it is known."""
 
-    tx: Transaction
+    tx: object  # the sync or asyncio Transaction it belongs to
     participant: str
     decision: Decision | None = None
 

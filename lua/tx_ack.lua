@@ -15,16 +15,22 @@ if redis.call('EXISTS', KEYS[4]) == 0 then
     return tx_view('not_decided', now, p)
   end
 end
-local named = redis.call('HGET', KEYS[1], 'named')
-if named == '1' and redis.call('SISMEMBER', KEYS[3], p) == 0 then
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('SISMEMBER', KEYS[3], p) == 0 then
   return tx_view('not_member', now, p)
 end
 if redis.call('HSETNX', KEYS[4], 'a:' .. p, '1') == 1 then
+  -- The vote on record moves into the tombstone, so a redelivered participant still
+  -- learns its own vote after the tally is gone.
+  local vote = redis.call('HGET', KEYS[2], p)
+  if vote then
+    redis.call('HSET', KEYS[4], 'v:' .. p, vote)
+  end
   local acked = redis.call('HINCRBY', KEYS[4], 'acked', 1)
   local n = tonumber(redis.call('HGET', KEYS[4], 'n'))
   if acked >= n then
     local view = tx_view('ok', now, p)
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6])
+    -- members stays (it expires with the decision) so outsiders are still refused.
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6])
     return view
   end
 end

@@ -11,7 +11,7 @@
 local now = tx_now(ARGV[1])
 local p = ARGV[4]
 local m = redis.call('HMGET', KEYS[1], 'n', 'named')
-if m[2] == '1' and redis.call('SISMEMBER', KEYS[3], p) == 0 then
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('SISMEMBER', KEYS[3], p) == 0 then
   return tx_view('not_member', now, p)
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then

@@ -5,15 +5,16 @@
 --   KEYS[2] votes     hash: participant -> "1" (yes) | "0" (no)
 --   KEYS[3] members   set of participant ids (only when the set is named)
 --   KEYS[4] decision  hash, the tombstone: outcome, kind, who, text, at, n, yes, no,
---                     deadline, acked, dispatched, and "a:<participant>" per ack
+--                     deadline, acked, dispatched, and per acked participant
+--                     "a:<participant>" and "v:<participant>" (its vote)
 --   KEYS[5] claim     string: the token of whoever is dispatching handlers (PX lease)
 --   KEYS[6] dispatched set of participants whose handler was sent
 -- and the same first ARGV:
 --   ARGV[1] clock override in ms ("" in production: use the server's TIME)
 --   ARGV[2] pub/sub channel the decision is published on
 --   ARGV[3] transaction id (echoed in the published message)
--- The tally keys (meta, votes, members, claim, dispatched) go away once every
--- participant has acked; the decision stays for `keep` ms, so a late or redelivered
+-- The tally keys (meta, votes, claim, dispatched) go away once every participant has
+-- acked (members stays with the decision, so outsiders are still refused); the decision stays for `keep` ms, so a late or redelivered
 -- vote finds the decision and can never start the tally again.
 
 local function tx_now(override)
@@ -94,7 +95,7 @@ local function tx_view(code, now, participant)
   end
   local my_vote, my_ack = '', 0
   if participant ~= nil and participant ~= '' then
-    my_vote = redis.call('HGET', KEYS[2], participant) or ''
+    my_vote = redis.call('HGET', KEYS[2], participant) or redis.call('HGET', KEYS[4], 'v:' .. participant) or ''
     if redis.call('HEXISTS', KEYS[4], 'a:' .. participant) == 1 then
       my_ack = 1
     end

@@ -119,7 +119,11 @@ def client_from_url(url: str, **options: Any) -> SyncClient:
     parsed = parse_url(url)
     if parsed.is_cluster:
         parts = urlsplit(url)
-        nodes = [redis.cluster.ClusterNode(h, p) for h, p in parsed.cluster_nodes]
+        # redis-py leaves ClusterNode.__init__ unannotated.
+        nodes = [
+            redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]
+            for h, p in parsed.cluster_nodes
+        ]
         return redis.cluster.RedisCluster(
             startup_nodes=nodes,
             ssl=parsed.scheme.startswith("rediss"),

@@ -164,7 +164,9 @@ class BreakerCore:
         token = self._new_token()
         return ScriptCall("breaker_admit", [*self.config_args(), token, pending, pgen], token)
 
-    def outcome(self, ticket: Ticket, exc: BaseException | None, duration: float) -> ScriptCall | None:
+    def outcome(
+        self, ticket: Ticket, exc: BaseException | None, duration: float
+    ) -> ScriptCall | None:
         """The record call for a finished call, or ``None`` if nothing must be sent."""
         code = self.options.outcome(exc, duration)
         if ticket.local:

@@ -10,15 +10,13 @@ subscriber is told to forget its cached view: events may have been missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
-
-import redis
-import redis.asyncio
 
 from redisbreaker.outage import rate_limited
 
@@ -64,6 +62,11 @@ class _Dispatch:
         for listener in targets:
             listener.on_message(message)
 
+    def alive(self) -> bool:
+        """Whether any listener is still referenced (listeners are held weakly)."""
+        with self._lock:
+            return any(len(s) for by_tag in self.listeners.values() for s in by_tag.values())
+
     def reset_all(self) -> None:
         with self._lock:
             targets = [x for by_tag in self.listeners.values() for s in by_tag.values() for x in s]
@@ -88,6 +91,9 @@ class EventHub:
 
     def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> None:
         self.dispatch.add(channel, tag, listener, decode)
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
@@ -97,6 +103,16 @@ class EventHub:
                     self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.connected.clear()
+            with self._start_lock:
+                self._thread = None
+            if self.dispatch.alive():  # a listener arrived while we were leaving
+                self._ensure_thread()
+
+    def _loop(self) -> None:
         backoff = 0.05
         while True:
             pubsub = None
@@ -117,18 +133,18 @@ class EventHub:
                     message = pubsub.get_message(timeout=0.5)
                     if message and message.get("type") == "message":
                         self.dispatch.deliver(_text(message["channel"]), message["data"])
-            except (redis.RedisError, OSError) as exc:
+                    elif not self.dispatch.alive():
+                        return  # every breaker using this hub is gone
+            except Exception as exc:  # any error: the thread must survive and reconnect
                 self.connected.clear()
                 self.dispatch.reset_all()
-                rate_limited.warning("events", "pub/sub connection lost (%s); reconnecting", exc)
+                rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
                 if pubsub is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # a broken connection may fail to close
                         pubsub.close()
-                    except Exception:  # noqa: S110 - closing a broken connection may fail too
-                        pass
 
 
 class AsyncEventHub:
@@ -163,17 +179,19 @@ class AsyncEventHub:
                     message = await pubsub.get_message(timeout=0.5)
                     if message and message.get("type") == "message":
                         self.dispatch.deliver(_text(message["channel"]), message["data"])
-            except (redis.RedisError, OSError) as exc:
+                    elif not self.dispatch.alive():
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any error: the task must survive and reconnect
                 self.connected.clear()
                 self.dispatch.reset_all()
-                rate_limited.warning("events", "pub/sub connection lost (%s); reconnecting", exc)
+                rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                try:
+                with contextlib.suppress(Exception):  # a broken connection may fail to close
                     await pubsub.aclose()
-                except Exception:  # noqa: S110 - closing a broken connection may fail too
-                    pass
 
 
 _sync_hubs: weakref.WeakKeyDictionary[Any, EventHub] = weakref.WeakKeyDictionary()

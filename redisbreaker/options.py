@@ -70,16 +70,16 @@ def _positive_int(name: str, value: object, *, maximum: int = 2**31) -> int:
     return value
 
 
-def _number(
-    name: str, value: object, *, low: float, high: float, low_open: bool = False
-) -> float:
+def _number(name: str, value: object, *, low: float, high: float, low_open: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if ok:
         v = float(value)  # type: ignore[arg-type]
         ok = math.isfinite(v) and (v > low if low_open else v >= low) and v <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ConfigurationError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be a number in {bracket}{low}, {high}], got {value!r}"
+        )
     return float(value)  # type: ignore[arg-type]
 
 
@@ -95,9 +95,9 @@ def _matchers(name: str, value: object) -> tuple[ExceptionMatcher, ...]:
         )
     out: list[ExceptionMatcher] = []
     for item in items:
-        if isinstance(item, type) and issubclass(item, BaseException):
-            out.append(item)
-        elif callable(item) and not isinstance(item, type):
+        if (isinstance(item, type) and issubclass(item, BaseException)) or (
+            callable(item) and not isinstance(item, type)
+        ):
             out.append(item)
         else:
             raise ConfigurationError(
@@ -178,7 +178,8 @@ class BreakerOptions:
                 raise ConfigurationError(f"backoff must be a Backoff(...), got {self.backoff!r}")
             if self.backoff.max < self.reset_timeout:
                 raise ConfigurationError(
-                    f"Backoff.max={self.backoff.max!r} is below reset_timeout={self.reset_timeout!r}"
+                    f"Backoff.max={self.backoff.max!r} is below "
+                    f"reset_timeout={self.reset_timeout!r}"
                 )
         _positive_int("half_open_permits", self.half_open_permits, maximum=10_000)
         _number("trial_lease", self.trial_lease, low=0.0, high=86_400.0, low_open=True)

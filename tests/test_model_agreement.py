@@ -1,0 +1,134 @@
+"""The Lua breaker on a real Redis and the pure-Python model agree, step by step."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from redisbreaker import scripts
+from redisbreaker.embedded import RedisServer
+from redisbreaker.keys import KeySpace
+from redisbreaker.model import BreakerModel
+from redisbreaker.options import Backoff, BreakerOptions, CountWindow, TimeWindow
+from redisbreaker.state import View
+
+PRESETS: list[dict[str, Any]] = [
+    {"fail_max": 3, "reset_timeout": 5.0},
+    {"fail_max": None, "window": CountWindow(8), "minimum_calls": 4,
+     "failure_rate_threshold": 0.5},
+    {"fail_max": 10, "window": TimeWindow(5), "minimum_calls": 3,
+     "failure_rate_threshold": 0.6, "slow_call_duration": 1.0, "slow_call_rate_threshold": 0.5},
+    {"fail_max": 2, "reset_timeout": 2.0, "backoff": Backoff(multiplier=3.0, max=30.0, jitter=0.5),
+     "half_open_permits": 2, "success_threshold": 2, "trial_lease": 3.0},
+    {"fail_max": None, "window": CountWindow(3), "minimum_calls": 1,
+     "slow_call_duration": 0.5, "slow_call_rate_threshold": 0.34, "failure_rate_threshold": 1.0},
+]  # fmt: skip
+
+# Mostly no pending successes: they reset the failure streak, and trips must happen.
+PENDING = st.sampled_from([0, 0, 0, 0, 1, 3])
+STALE = st.sampled_from([False, False, False, True])
+_names = itertools.count()
+_server: RedisServer | None = None
+
+
+def _client() -> redis.Redis:
+    global _server
+    if _server is None:
+        try:
+            _server = RedisServer().start()
+        except Exception as exc:  # the test must fail, not skip
+            pytest.fail(f"could not start redis-server: {exc}")
+    return _server.client()
+
+
+class LuaVersusModel(RuleBasedStateMachine):
+    """Drive both with one random sequence; compare the full reply after every step."""
+
+    @initialize(preset=st.sampled_from(PRESETS), start=st.integers(10**12, 2 * 10**12))
+    def setup(self, preset: dict[str, Any], start: int) -> None:
+        self.r = _client()
+        self.options = BreakerOptions(**preset)
+        keys = KeySpace.of("rbtest:", "cb", f"m{next(_names)}")
+        self.keys = [keys.key("s"), keys.key("p"), keys.key("b")]
+        self.script = {n: scripts.register(self.r, n) for n in
+                       ("breaker_admit", "breaker_record", "breaker_operate", "breaker_snapshot")}  # fmt: skip
+        self.model = BreakerModel()
+        self.now = start
+        self.gen = 0
+        self.tokens: list[str] = []
+        self.counter = itertools.count()
+
+    def argv(self, rand: float = 0.25) -> list[Any]:
+        return self.options.argv(clock=str(self.now), rand=rand, channel="rbtest:events",
+                                 event_prefix=b"\x96\xa1n\xa1o")  # fmt: skip
+
+    def compare(self, lua_reply: list[Any], model_view: View) -> None:
+        lua_view = View.parse(lua_reply)
+        assert lua_view == model_view
+        self.gen = lua_view.generation
+
+    @rule(pending=PENDING, stale=STALE, rand=st.floats(0, 0.999))
+    def admit(self, pending: int, stale: bool, rand: float) -> None:
+        token = f"t{next(self.counter)}"
+        pgen = self.gen - 1 if stale else self.gen
+        args = [*self.argv(rand), token, pending, pgen]
+        reply = self.script["breaker_admit"](keys=self.keys, args=args)
+        view = self.model.admit(self.argv(rand), self.now, token, pending, pgen)
+        self.compare(reply, view)
+        if view.verdict.value == "trial":
+            self.tokens.append(token)
+
+    @rule(
+        code=st.sampled_from("0112131x1"),
+        pending=PENDING,
+        stale=STALE,
+        use_token=st.booleans(),
+        rand=st.floats(0, 0.999),
+    )
+    def record(self, code: str, pending: int, stale: bool, use_token: bool, rand: float) -> None:
+        token = self.tokens.pop(0) if use_token and self.tokens else ""
+        gen = self.gen - 1 if stale else self.gen
+        args = [*self.argv(rand), token, pending, self.gen, gen, code]
+        reply = self.script["breaker_record"](keys=self.keys, args=args)
+        view = self.model.record(self.argv(rand), self.now, token, pending, self.gen, gen, code)
+        self.compare(reply, view)
+
+    @rule(ms=st.sampled_from([1, 400, 999, 1000, 2500, 5000, 7000, 31000, 120000]))
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+    # Operator commands are drawn rarely, so that most sequences trip on their own.
+    @rule(cmd=st.sampled_from(["force_open", "disable", "reset", "open", *["none"] * 12]),
+          seconds=st.integers(1, 10))  # fmt: skip
+    def operate(self, cmd: str, seconds: int) -> None:
+        if cmd == "none":
+            return
+        args = [*self.argv(), cmd, seconds * 1000]
+        reply = self.script["breaker_operate"](keys=self.keys, args=args)
+        self.compare(reply, self.model.operate(self.argv(), self.now, cmd, seconds * 1000))
+
+    @precondition(lambda self: hasattr(self, "r"))
+    @invariant()
+    def snapshots_agree(self) -> None:
+        reply = self.script["breaker_snapshot"](keys=self.keys, args=self.argv())
+        self.compare(reply, self.model.snapshot(self.argv(), self.now))
+
+
+LuaVersusModel.TestCase.settings = settings(
+    max_examples=120,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_lua_and_model_agree = LuaVersusModel.TestCase
+
+
+def teardown_module() -> None:
+    if _server is not None:
+        _server.stop()

@@ -159,6 +159,7 @@ class Case:
     counter: SendCounter | None = None
     available: bool = True
     note: str = ""
+    calls: int | None = None  # calls per round, if not the run's default (Redis-bound cases)
 
 
 @dataclass
@@ -234,11 +235,10 @@ def measure(
     warmup: int = 50,
     seed: int | None = None,
 ) -> dict[str, Stats]:
-    """Time every available case, interleaved, then count its round trips (see module doc).
+    """Time every available case, interleaved (see the module doc).
 
-    ``calls`` is per round for cases that do not talk to Redis on every call; the ones
-    that do (``client`` set) are expected to be given a smaller ``calls`` by the
-    caller via separate :func:`measure` calls or accept the same.
+    ``calls`` is per case per round, unless the case sets its own (cases that talk to
+    Redis on every call are given fewer, to keep rounds about equally long).
     """
     rng = random.Random(seed)
     live = [c for c in cases if c.available]
@@ -251,8 +251,9 @@ def measure(
         order = list(live)
         rng.shuffle(order)
         for case in order:
-            stats[case.name].rounds_us.append(_loop(case.op, calls) / calls * 1e6)
-            singles[case.name].extend(_singles(case.op, samples, overhead))
+            n = case.calls or calls
+            stats[case.name].rounds_us.append(_loop(case.op, n) / n * 1e6)
+            singles[case.name].extend(_singles(case.op, min(samples, n), overhead))
     for case in live:
         s = stats[case.name]
         s.median_us = statistics.median(s.rounds_us)
@@ -336,7 +337,7 @@ def pybreaker_memory_cases() -> list[Case]:
         why = "pybreaker not installed"
         return [unavailable(f"pybreaker in memory / {k}", why) for k in ("success", "failure")]
     cb = pybreaker.CircuitBreaker(fail_max=10**9, reset_timeout=60)
-    return _call_cases("pybreaker in memory", cb.call, Boom)
+    return call_cases("pybreaker in memory", cb.call, Boom)
 
 
 def pybreaker_redis_cases(url: str) -> list[Case]:
@@ -352,7 +353,7 @@ def pybreaker_redis_cases(url: str) -> list[Case]:
             pybreaker.STATE_CLOSED, client, namespace=bench_name()
         )
         cb = pybreaker.CircuitBreaker(fail_max=10**9, reset_timeout=60, state_storage=storage)
-        case = _call_cases("pybreaker + Redis", cb.call, Boom)[kind == "failure"]
+        case = call_cases("pybreaker + Redis", cb.call, Boom)[kind == "failure"]
         case.client, case.counter = client, counter
         out.append(case)
     return out
@@ -367,13 +368,13 @@ def redisbreaker_cases(url: str) -> tuple[list[Case], SharedBreaker]:
         breaker = SharedBreaker(bench_name(), client=client, fail_max=2**31)
         breaker.sync()
         breakers.append(breaker)
-        case = _call_cases("redisbreaker", breaker.call, Boom)[kind == "failure"]
+        case = call_cases("redisbreaker", breaker.call, Boom)[kind == "failure"]
         case.client, case.counter = client, counter
         out.append(case)
     return out, breakers[0]
 
 
-def _call_cases(label: str, call: Callable[..., Any], error: type[BaseException]) -> list[Case]:
+def call_cases(label: str, call: Callable[..., Any], error: type[BaseException]) -> list[Case]:
     def success() -> None:
         call(succeed)
 
@@ -413,7 +414,7 @@ class Target:
         return asdict(self)
 
 
-def _ratio(a: Stats | None, b: Stats | None) -> float | None:
+def ratio(a: Stats | None, b: Stats | None) -> float | None:
     if a is None or b is None or a.median_us is None or b.median_us is None:
         return None
     return a.median_us / b.median_us if b.median_us > 0 else None
@@ -429,10 +430,10 @@ def call_targets(stats: dict[str, Stats]) -> list[Target]:
     rb_ok, rb_fail = s("redisbreaker / success"), s("redisbreaker / failure")
     return [
         _check("closed-state success vs pybreaker in memory", "<= 1.0",
-               _ratio(rb_ok, s("pybreaker in memory / success")),
+               ratio(rb_ok, s("pybreaker in memory / success")),
                lambda v: v <= TARGET_SUCCESS_VS_PYBREAKER_MEMORY),
         _check("closed-state success vs pybreaker + Redis", "<= 0.02 (50x cheaper)",
-               _ratio(rb_ok, s("pybreaker + Redis / success")), lambda v: v <= 0.02),
+               ratio(rb_ok, s("pybreaker + Redis / success")), lambda v: v <= 0.02),
         _check("round trips per closed-state success", "<= 0.01",
                rb_ok.round_trips_per_call if rb_ok else None,
                lambda v: v <= TARGET_SUCCESS_ROUND_TRIPS),
@@ -440,10 +441,10 @@ def call_targets(stats: dict[str, Stats]) -> list[Target]:
                rb_fail.round_trips_per_call if rb_fail else None,
                lambda v: abs(v - TARGET_FAILURE_ROUND_TRIPS) < 0.005),
         _check("failure vs pybreaker + Redis", "<= 0.5",
-               _ratio(rb_fail, s("pybreaker + Redis / failure")),
+               ratio(rb_fail, s("pybreaker + Redis / failure")),
                lambda v: v <= TARGET_FAILURE_VS_PYBREAKER_REDIS),
         _check("gate check vs seed multiprocessing.Value", "<= 1.0",
-               _ratio(s("gate: redisbreaker fast_admit(monotonic())"),
+               ratio(s("gate: redisbreaker fast_admit(monotonic())"),
                       s("gate: seed multiprocessing.Value check")),
                lambda v: v <= TARGET_GATE_VS_SEED),
     ]  # fmt: skip
@@ -472,15 +473,14 @@ def run(
 ) -> dict[str, Any]:
     """Measure the call and gate overhead against ``url``; a JSON-ready result."""
     info = redis.Redis.from_url(url)
-    local = [*bare_cases(), *pybreaker_memory_cases()]
     rb_cases, rb = redisbreaker_cases(url)
-    local += [*gate_cases(rb), rb_cases[0]]
     remote = [rb_cases[1], get_case(url), *pybreaker_redis_cases(url)]
-    stats = measure(local, calls=calls, rounds=rounds, samples=samples)
-    stats.update(measure(remote, calls=redis_calls, rounds=rounds, samples=min(samples, 50)))
-    for case in [*local, *remote]:
-        n = calls if case.name == "redisbreaker / success" else redis_calls
-        count_round_trips(case, stats[case.name], n, info)
+    for case in remote:
+        case.calls = redis_calls
+    cases = [*bare_cases(), *pybreaker_memory_cases(), *gate_cases(rb), rb_cases[0], *remote]
+    stats = measure(cases, calls=calls, rounds=rounds, samples=samples)
+    for case in cases:
+        count_round_trips(case, stats[case.name], case.calls or calls, info)
     base = stats["bare call / success"].median_us
     result: dict[str, Any] = {
         "versions": versions("pybreaker"),

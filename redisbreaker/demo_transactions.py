@@ -46,6 +46,7 @@ def _connect(db_dir: str, participant: str | int) -> sqlite3.Connection:
 
 def prepare(db_dir: str, n: int) -> None:
     """Create ``n`` empty databases, each with a ``rows`` and a ``staged`` table."""
+    Path(db_dir).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         conn = _connect(db_dir, i)
         conn.execute("CREATE TABLE IF NOT EXISTS rows (tx TEXT, value TEXT)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,10 @@ pytestmark = pytest.mark.celery
 
 
 @pytest.fixture
-def broker(redis_url: str) -> Iterator[str]:
+def broker(redis_url: str) -> str:
     """The test Redis doubles as the broker; the producer app points at it."""
     app.conf.update(broker_url=redis_url)
-    yield redis_url
+    return redis_url
 
 
 def _worker(url: str, pool: str, concurrency: int) -> CeleryWorker:

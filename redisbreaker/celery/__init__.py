@@ -1,0 +1,110 @@
+"""Celery integration: ``install(app)``, ``@shared_breaker``, and manual ``pause``/``resume``.
+
+See docs/celery.md. In short::
+
+    app = Celery(broker="redis://localhost:6379/0")
+    redisbreaker.celery.install(app)
+
+    @shared_breaker(scope="worker", pause="worker", fail_max=3, reset_timeout=60,
+                    retry_on_failure=True)
+    @app.task(acks_late=True, max_retries=None)
+    def render(job_id): ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals
+
+from redisbreaker.celery.gate import ConsumptionGate, manual_breaker
+from redisbreaker.celery.scopes import SCOPES, Scope, check_scope
+from redisbreaker.celery.settings import Settings, settings_for
+from redisbreaker.celery.task import ON_OPEN, BreakerSpec, OnOpen, shared_breaker
+from redisbreaker.errors import ConfigurationError
+from redisbreaker.state import Snapshot
+
+__all__ = [
+    "install",
+    "shared_breaker",
+    "pause",
+    "resume",
+    "ConsumptionGate",
+    "Settings",
+    "BreakerSpec",
+    "Scope",
+    "OnOpen",
+    "SCOPES",
+    "ON_OPEN",
+]
+
+_INSTALLED = "_redisbreaker_installed"
+
+
+def install(app: Any) -> None:
+    """Register the consumption gate on ``app`` and per-process Redis clients.
+
+    Settings are read from ``app.conf`` (``redisbreaker_*``) when the worker starts;
+    calling this twice is harmless.
+    """
+    if getattr(app, _INSTALLED, False):
+        return
+    app.steps["consumer"].add(ConsumptionGate)
+
+    def on_process_init(**_: Any) -> None:
+        # A prefork child must not share its parent's sockets: make its own client now.
+        settings_for(app).client()
+
+    signals.worker_process_init.connect(on_process_init, weak=False)
+    setattr(app, _INSTALLED, True)
+
+
+def _key(app: Any, scope: Scope, queue: str | None, worker: str | None, host: str | None) -> str:
+    if scope == "worker":
+        if not worker:
+            raise ConfigurationError("scope='worker' needs worker='<node name>', e.g. celery@gpu1")
+        return worker
+    if scope == "host":
+        return host or settings_for(app).hostname
+    if scope == "queue":
+        if not queue:
+            raise ConfigurationError("scope='queue' needs queue='<queue name>'")
+        return queue
+    return ""
+
+
+def pause(
+    app: Any,
+    *,
+    scope: Scope = "cluster",
+    seconds: float | None = None,
+    queue: str | None = None,
+    worker: str | None = None,
+    host: str | None = None,
+) -> Snapshot:
+    """Pause consumption in ``scope`` for ``seconds`` (or until :func:`resume`).
+
+    ``scope='queue'`` stops ``queue`` on every worker consuming it; ``'worker'`` stops
+    every queue of node ``worker``; ``'host'`` every worker whose ``redisbreaker_hostname``
+    is ``host``; ``'cluster'`` every worker. Workers react within about a second.
+    """
+    check_scope("scope", scope)
+    breaker = manual_breaker(app, scope, _key(app, scope, queue, worker, host))
+    if seconds is None:
+        return breaker.force_open()
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        raise ConfigurationError(f"seconds must be a positive number or None, got {seconds!r}")
+    return breaker.open(seconds)
+
+
+def resume(
+    app: Any,
+    *,
+    scope: Scope = "cluster",
+    queue: str | None = None,
+    worker: str | None = None,
+    host: str | None = None,
+) -> Snapshot:
+    """End a manual pause of ``scope`` now (automatic pauses end with their breakers)."""
+    check_scope("scope", scope)
+    return manual_breaker(app, scope, _key(app, scope, queue, worker, host)).reset()

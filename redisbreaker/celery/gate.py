@@ -1,0 +1,320 @@
+"""The consumption gate: a consumer bootstep that stops fetching while a breaker is open.
+
+It pauses by cancelling the task consumer's queues and resumes by consuming them
+again, with the same calls as Celery's ``cancel_consumer``/``add_consumer`` control
+commands (``Consumer.cancel_task_queue`` / ``add_task_queue``). That works on every
+transport (no ``qos.can_consume`` patch) and loses nothing: a message the Redis
+transport had already popped for a cancelled queue is requeued by kombu.
+
+Threads: a gate thread does all Redis I/O (one ``gate_claim`` script call per watched
+breaker per ``poll_interval``, sooner when pub/sub reports a transition or a pause
+deadline passes) and computes which queues should be paused. The consumer applies
+that on its own thread, from a timer tick that does no I/O. After a broker
+reconnect, ``start`` runs again before the event loop consumes, and re-applies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import bootsteps
+
+from redisbreaker import scripts
+from redisbreaker._base import STORAGE_ERRORS
+from redisbreaker.breaker import SharedBreaker
+from redisbreaker.celery.scopes import MANUAL, scoped_name
+from redisbreaker.celery.settings import check_eviction, settings_for
+from redisbreaker.celery.task import ATTR, BreakerSpec, task_queues
+from redisbreaker.options import OutagePolicy
+from redisbreaker.outage import rate_limited
+from redisbreaker.state import Transition
+
+logger = logging.getLogger("redisbreaker.celery")
+
+# How often the consumer thread looks at what the gate thread decided (no I/O).
+TICK = 0.2
+
+
+@dataclass(eq=False)
+class Watch:
+    """One breaker this worker obeys, and what its last claim said."""
+
+    breaker: SharedBreaker
+    queues: frozenset[str] | None  # None: every queue this worker consumes
+    mode: str  # 'trial' (a task's breaker) or 'manual' (a manual pause)
+    action: str = "resume"
+    deadline: float = 0.0  # monotonic end of the wait the last claim reported
+    next_poll: float = 0.0
+    dirty: bool = True
+
+    @property
+    def lease_key(self) -> str:
+        return self.breaker._core.keys.key("gate")
+
+
+@dataclass
+class Decision:
+    paused: frozenset[str] = frozenset()
+    trial: bool = False
+
+
+@dataclass(eq=False)
+class GateController:
+    """The gate of one worker: its watches, the gate thread, and the applied pause."""
+
+    consumer: Any
+    watches: list[Watch] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)  # consumed when nothing is paused
+    decision: Decision = field(default_factory=Decision)
+    applied: frozenset[str] = frozenset()
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stopped: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+    _tick: Any = None
+
+    def __post_init__(self) -> None:
+        c = self.consumer
+        self.app = c.app
+        self.settings = settings_for(self.app)
+        self.worker_id = str(c.hostname)
+        self.lease_ms = max(2000, round(self.settings.poll_interval * 5000))
+        self.queues = [q.name for q in c.task_consumer.queues]
+        client = self.settings.client()
+        self._claim = scripts.register(client, "gate_claim")
+        self.watches = self._build_watches()
+        for watch in self.watches:
+            watch.breaker.subscribe(self._make_listener(watch))
+            watch.breaker._bind()  # joins the pub/sub hub now, without a round trip
+        warning = check_eviction(client)
+        if warning:
+            logger.warning(warning)
+        logger.info(
+            "redisbreaker gate: %s watches %d breaker(s) over queues %s",
+            self.worker_id, len(self.watches), self.queues,
+        )  # fmt: skip
+
+    # -- what to watch ----------------------------------------------------------------
+
+    def _build_watches(self) -> list[Watch]:
+        watches: list[Watch] = []
+        consumed = set(self.queues)
+        for name, task in sorted(self.app.tasks.items()):
+            spec: BreakerSpec | None = getattr(task, ATTR, None)
+            if spec is None or spec.pause is None:
+                continue
+            routed = [q for q in task_queues(self.app, name) if q in consumed]
+            stop = None if spec.pauses_all_queues else frozenset(routed)
+            if stop is not None and not stop:
+                continue  # this worker does not consume the queues it would pause
+            if spec.scope == "queue":
+                for q in routed:
+                    only = stop if stop is None else frozenset({q})
+                    watches.append(Watch(spec.breaker(q), only, "trial"))
+                continue
+            key = {"worker": self.worker_id, "host": self.settings.hostname}.get(spec.scope, "")
+            watches.append(Watch(spec.breaker(key), stop, "trial"))
+        host = self.settings.hostname
+        manual: list[tuple[str, str, frozenset[str] | None]] = [
+            ("cluster", "", None), ("host", host, None), ("worker", self.worker_id, None)
+        ]  # fmt: skip
+        manual += [("queue", q, frozenset({q})) for q in self.queues]
+        for scope, key, stop in manual:
+            watches.append(Watch(manual_breaker(self.app, scope, key), stop, "manual"))
+        return watches
+
+    def _make_listener(self, watch: Watch) -> Any:
+        def on_transition(transition: Transition) -> None:
+            # Runs on the pub/sub thread: only mark and wake; the gate thread asks Redis.
+            watch.dirty = True
+            self._wake.set()
+
+        return on_transition
+
+    # -- the gate thread (all Redis I/O) ---------------------------------------------
+
+    def poll_all(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        for watch in self.watches:
+            if force or watch.dirty or now >= watch.next_poll:
+                self._poll(watch, now)
+        self._decide()
+
+    def _poll(self, watch: Watch, now: float) -> None:
+        watch.dirty = False
+        interval = self.settings.poll_interval
+        core = watch.breaker._core
+        try:
+            reply = self._claim(
+                keys=[*core.key_list, watch.lease_key],
+                args=[*core.config_args(), self.worker_id, self.lease_ms, watch.mode],
+            )
+        except STORAGE_ERRORS as exc:
+            rate_limited.warning(
+                "gate", "redisbreaker gate: Redis unreachable (%s); keeping the pause state",
+                type(exc).__name__,
+            )  # fmt: skip
+            watch.next_poll = now + interval
+            fail_closed = watch.breaker.options.on_outage is OutagePolicy.FAIL_CLOSED
+            if watch.action == "wait" and watch.deadline and now > watch.deadline:
+                watch.action = "wait" if fail_closed else "resume"
+            return
+        action = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        ms = int(reply[2])
+        if action != watch.action:
+            logger.info(
+                "redisbreaker gate: %s: %s -> %s (%s)",
+                self.worker_id, watch.breaker.name, action, f"{ms} ms" if ms else "-",
+            )  # fmt: skip
+        watch.action = action
+        if action == "wait" and ms > 0:
+            watch.deadline = now + ms / 1000.0
+            # Ask again right at the deadline: that is when the trial lease is taken.
+            watch.next_poll = now + min(interval, ms / 1000.0 + 0.005)
+        else:
+            watch.deadline = 0.0
+            watch.next_poll = now + interval
+
+    def _decide(self) -> None:
+        paused: set[str] = set()
+        trial = False
+        for watch in self.watches:
+            if watch.action == "wait":
+                paused.update(self.queues if watch.queues is None else watch.queues)
+            elif watch.action == "trial":
+                trial = True
+        with self._lock:
+            self.decision = Decision(frozenset(paused), trial)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.poll_all()
+            except Exception:
+                logger.exception("redisbreaker gate: poll failed")
+            now = time.monotonic()
+            soonest = min((w.next_poll for w in self.watches), default=now + 1.0)
+            self._wake.wait(max(0.01, min(soonest - now, self.settings.poll_interval)))
+            self._wake.clear()
+
+    def start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="redisbreaker-gate",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    # -- the consumer thread (no I/O of ours) -------------------------------------------
+
+    def on_consumer_start(self, c: Any) -> None:
+        """Called by the bootstep before the event loop consumes: (re-)apply the pause."""
+        self.consumer = c
+        with self._lock:
+            decision = self.decision
+        current = {q.name for q in c.task_consumer.queues}
+        for q in self.queues:
+            if q in decision.paused:
+                c.cancel_task_queue(q)
+            elif q not in current:
+                # Deselected by an earlier pause whose resume the lost connection never
+                # saw: add it back; the event loop's first consume() starts it.
+                known = self.app.amqp.queues
+                if q in known:
+                    c.task_consumer.add_queue(known.select_add(known[q]))
+        self.applied = decision.paused
+        if decision.paused:
+            logger.warning("redisbreaker gate: %s starts paused on %s", self.worker_id,
+                           sorted(decision.paused))  # fmt: skip
+        self._cancel_tick()
+        self._tick = c.timer.call_repeatedly(TICK, self._on_tick)
+
+    def on_consumer_stop(self) -> None:
+        self._cancel_tick()
+
+    def _cancel_tick(self) -> None:
+        if self._tick is not None:
+            with contextlib.suppress(Exception):
+                self._tick.cancel()
+            self._tick = None
+
+    def _on_tick(self) -> None:
+        with self._lock:
+            wanted = self.decision.paused
+        if wanted == self.applied:
+            return
+        c = self.consumer
+        if c.hub is not None:
+            self.apply()  # the hub fires timers on the consumer's thread
+        else:
+            c.call_soon(self.apply)  # a threaded timer: hand over to the consumer
+
+    def apply(self) -> None:
+        c = self.consumer
+        if c.task_consumer is None:
+            return
+        with self._lock:
+            wanted = self.decision.paused
+        for q in self.queues:
+            if q in wanted and q not in self.applied:
+                logger.warning("redisbreaker gate: %s pauses queue %s", self.worker_id, q)
+                c.cancel_task_queue(q)
+            elif q not in wanted and q in self.applied:
+                logger.warning("redisbreaker gate: %s resumes queue %s", self.worker_id, q)
+                c.add_task_queue(q)
+        self.applied = wanted
+
+
+class ConsumptionGate(bootsteps.StartStopStep):
+    """Consumer bootstep: pause consumption while a watched breaker is open."""
+
+    label = "redisbreaker gate"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        self.controller: GateController | None = None
+        super().__init__(parent, **kwargs)
+
+    def start(self, parent: Any) -> None:
+        if self.controller is None:
+            self.controller = GateController(parent)
+            # One synchronous poll at start-up, so a worker starting while its breaker
+            # is open never fetches a message.
+            self.controller.poll_all(force=True)
+            self.controller.start_thread()
+        self.controller.on_consumer_start(parent)
+
+    def stop(self, parent: Any) -> None:
+        if self.controller is not None:
+            self.controller.on_consumer_stop()
+
+    def shutdown(self, parent: Any) -> None:
+        if self.controller is not None:
+            self.controller.on_consumer_stop()
+            self.controller.close()
+
+
+def manual_breaker(app: Any, scope: str, key: str) -> SharedBreaker:
+    """The breaker standing for a manual pause of ``scope`` (key: node, host or queue)."""
+    conf = settings_for(app)
+    cache: dict[tuple[str, str, int], SharedBreaker] = app.__dict__.setdefault(
+        "_redisbreaker_manual", {}
+    )
+    import os
+
+    slot = (scope, key, os.getpid())
+    found = cache.get(slot)
+    if found is None:
+        found = SharedBreaker(
+            scoped_name(MANUAL, scope, key), client=conf.client(), prefix=conf.prefix,
+            fail_max=1, reset_timeout=1.0,
+        )  # fmt: skip
+        cache[slot] = found
+    return found

@@ -1,7 +1,10 @@
 """The Celery app of the gate suite's workers: one no-op task, gated or not.
 
-Environment: ``BENCH_BROKER`` (Redis URL), ``BENCH_GATED`` ("1": install the gate),
-``BENCH_BREAKER`` (the breaker's name). The worker times its own batch: from the
+Environment: ``BENCH_BROKER`` (Redis URL), ``BENCH_GATED`` ("0": no gate; "view": a
+``can_consume`` patch checking the breaker's cached view, each task run through the
+breaker; "celery": ``redisbreaker.celery.install(app)`` and ``@shared_breaker``),
+``BENCH_BREAKER`` (the breaker's name), ``BENCH_QUEUE`` (the queue consumed).
+The worker times its own batch: from the
 first task's start to the end of the task sent with ``final=True``, and stores the
 seconds under ``<queue>:elapsed`` in Redis, so no per-task I/O is added.
 """
@@ -20,7 +23,8 @@ from redisbreaker import CircuitOpenError, SharedBreaker
 from redisbreaker.core import monotonic
 
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/0")
-GATED = os.environ.get("BENCH_GATED") == "1"
+MODE = os.environ.get("BENCH_GATED", "0")
+GATED = MODE == "view"
 
 app = Celery("bench_noop", broker=BROKER)
 app.conf.update(
@@ -65,10 +69,21 @@ def _noop() -> None:
     return None
 
 
-@app.task(name="bench.noop")
 def noop(i: int, final: bool = False) -> None:
     if GATED:
         breaker.call(_noop)
+
+
+if MODE == "celery":
+    import redisbreaker.celery
+
+    redisbreaker.celery.install(app)
+    task = redisbreaker.celery.shared_breaker(
+        os.environ.get("BENCH_BREAKER", "bench-gate"), scope="worker", pause="worker",
+        fail_max=5, reset_timeout=60,
+    )(app.task(name="bench.noop")(noop))  # fmt: skip
+else:
+    task = app.task(name="bench.noop")(noop)
 
 
 @signals.worker_ready.connect

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from redisbreaker import scripts
 from redisbreaker._base import STORAGE_ERRORS
@@ -37,7 +37,7 @@ from redisbreaker.state import Transition
 logger = logging.getLogger("redisbreaker.celery")
 
 # How often the consumer thread looks at what the gate thread decided (no I/O).
-TICK = 0.2
+TICK = 0.1
 
 
 @dataclass(eq=False)
@@ -57,10 +57,13 @@ class Watch:
         return self.breaker._core.keys.key("gate")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
+    """What the gate thread decided: queues to pause, queues open for one trial."""
+
     paused: frozenset[str] = frozenset()
-    trial: bool = False
+    trial: frozenset[str] = frozenset()
+    epoch: int = 0  # bumped each time a trial begins
 
 
 @dataclass(eq=False)
@@ -77,6 +80,8 @@ class GateController:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _tick: Any = None
+    _epoch: int = 0
+    _trial_taken: int = -1  # the epoch whose trial message this worker has received
 
     def __post_init__(self) -> None:
         c = self.consumer
@@ -91,6 +96,7 @@ class GateController:
         for watch in self.watches:
             watch.breaker.subscribe(self._make_listener(watch))
             watch.breaker._bind()  # joins the pub/sub hub now, without a round trip
+        signals.task_received.connect(self._on_received, weak=False)
         warning = check_eviction(client)
         if warning:
             logger.warning(warning)
@@ -171,6 +177,8 @@ class GateController:
                 "redisbreaker gate: %s: %s -> %s (%s)",
                 self.worker_id, watch.breaker.name, action, f"{ms} ms" if ms else "-",
             )  # fmt: skip
+        if action == "trial" and watch.action != "trial":
+            self._epoch += 1
         watch.action = action
         if action == "wait" and ms > 0:
             watch.deadline = now + ms / 1000.0
@@ -182,14 +190,15 @@ class GateController:
 
     def _decide(self) -> None:
         paused: set[str] = set()
-        trial = False
+        trial: set[str] = set()
         for watch in self.watches:
+            queues = self.queues if watch.queues is None else watch.queues
             if watch.action == "wait":
-                paused.update(self.queues if watch.queues is None else watch.queues)
+                paused.update(queues)
             elif watch.action == "trial":
-                trial = True
+                trial.update(queues)
         with self._lock:
-            self.decision = Decision(frozenset(paused), trial)
+            self.decision = Decision(frozenset(paused), frozenset(trial - paused), self._epoch)
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -217,11 +226,10 @@ class GateController:
     def on_consumer_start(self, c: Any) -> None:
         """Called by the bootstep before the event loop consumes: (re-)apply the pause."""
         self.consumer = c
-        with self._lock:
-            decision = self.decision
+        paused = self._wanted()
         current = {q.name for q in c.task_consumer.queues}
         for q in self.queues:
-            if q in decision.paused:
+            if q in paused:
                 c.cancel_task_queue(q)
             elif q not in current:
                 # Deselected by an earlier pause whose resume the lost connection never
@@ -229,10 +237,10 @@ class GateController:
                 known = self.app.amqp.queues
                 if q in known:
                     c.task_consumer.add_queue(known.select_add(known[q]))
-        self.applied = decision.paused
-        if decision.paused:
+        self.applied = paused
+        if paused:
             logger.warning("redisbreaker gate: %s starts paused on %s", self.worker_id,
-                           sorted(decision.paused))  # fmt: skip
+                           sorted(paused))  # fmt: skip
         self._cancel_tick()
         self._tick = c.timer.call_repeatedly(TICK, self._on_tick)
 
@@ -245,10 +253,26 @@ class GateController:
                 self._tick.cancel()
             self._tick = None
 
-    def _on_tick(self) -> None:
+    def _wanted(self) -> frozenset[str]:
         with self._lock:
-            wanted = self.decision.paused
-        if wanted == self.applied:
+            d = self.decision
+        # A trial takes one message: once it is in, the trial queues pause again
+        # until the breaker closes (all resume) or re-opens (the next trial).
+        return d.paused | d.trial if d.epoch == self._trial_taken else d.paused
+
+    def _on_received(self, sender: Any = None, **_: Any) -> None:
+        # Runs on the consumer's thread, for each message it takes.
+        if sender is not self.consumer:
+            return
+        with self._lock:
+            d = self.decision
+        if d.trial and self._trial_taken != d.epoch:
+            self._trial_taken = d.epoch
+        if self._wanted() != self.applied:
+            self.apply()
+
+    def _on_tick(self) -> None:
+        if self._wanted() == self.applied:
             return
         c = self.consumer
         if c.hub is not None:
@@ -260,8 +284,7 @@ class GateController:
         c = self.consumer
         if c.task_consumer is None:
             return
-        with self._lock:
-            wanted = self.decision.paused
+        wanted = self._wanted()
         for q in self.queues:
             if q in wanted and q not in self.applied:
                 logger.warning("redisbreaker gate: %s pauses queue %s", self.worker_id, q)

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from redisbreaker import config, scripts
-from redisbreaker._base import KIND, STORAGE_ERRORS, BreakerBase, decode
+from redisbreaker._base import STORAGE_ERRORS, BreakerBase, decode
 from redisbreaker.core import ScriptCall, Ticket, monotonic
 from redisbreaker.errors import StorageError
 from redisbreaker.events import hub_for
@@ -72,14 +72,16 @@ class SharedBreaker(BreakerBase):
 
     def _settle(self, ticket: Ticket, exc: BaseException | None, duration: float) -> None:
         core = self._core
-        call = core.fast_success(ticket, duration) if exc is None else core.outcome(
-            ticket, exc, duration
+        call = (
+            core.fast_success(ticket, duration)
+            if exc is None
+            else core.outcome(ticket, exc, duration)
         )
         if call is not None:
             try:
                 self._run(call)
             except StorageError as err:
-                core.storage_failed(err, monotonic())
+                core.record_failed(call, err, monotonic())
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through the breaker."""

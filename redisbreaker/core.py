@@ -72,6 +72,7 @@ class ScriptCall:
     script: str
     args: list[Any]
     ticket_token: str = ""
+    outcome: str = ""  # for a record call: the outcome code, kept for the outage fallback
 
 
 class BreakerCore:
@@ -176,7 +177,7 @@ class BreakerCore:
             return None
         pending, pgen = self._take_pending()
         args = [*self.config_args(), ticket.token, pending, pgen, ticket.generation, code]
-        return ScriptCall("breaker_record", args)
+        return ScriptCall("breaker_record", args, outcome=code)
 
     def operate_call(self, command: str, open_for: float = 0.0) -> ScriptCall:
         return ScriptCall(
@@ -276,6 +277,13 @@ class BreakerCore:
         return CircuitOpenError(self.name, round(retry_after, 3), state.value)
 
     # -- Redis unreachable ------------------------------------------------------------
+
+    def record_failed(self, call: ScriptCall, exc: Exception, now: float) -> None:
+        """A record call failed: under the ``local`` policy the stand-in still counts it."""
+        self.storage_failed(exc, now)
+        if self.options.on_outage is OutagePolicy.LOCAL and call.outcome:
+            model = self._local()
+            model.record(self._local_args(), _local_ms(), "", 0, -1, model.gen, call.outcome)
 
     def storage_failed(self, exc: Exception, now: float) -> None:
         """Note that a script call failed; the outage policy applies for a while."""

@@ -80,7 +80,7 @@ class SharedBreaker(BreakerBase):
             try:
                 await self._run(call)
             except StorageError as err:
-                core.storage_failed(err, monotonic())
+                core.record_failed(call, err, monotonic())
 
     async def call(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn(*args, **kwargs)`` through the breaker."""

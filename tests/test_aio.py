@@ -1,0 +1,82 @@
+"""The asyncio twin behaves like the sync breaker (same core)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio
+
+from redisbreaker import CircuitOpenError, State
+from redisbreaker.aio import SharedBreaker
+from redisbreaker.embedded import RedisServer
+from tests.helpers import Boom
+
+
+@pytest.fixture
+def aurl(redis_server: RedisServer) -> Iterator[str]:
+    redis_server.client().flushall()
+    yield redis_server.url
+
+
+async def _ok() -> str:
+    return "ok"
+
+
+async def _boom() -> None:
+    raise Boom()
+
+
+def test_async_cycle(aurl: str) -> None:
+    """call, decorator and async with; trip, refuse, trial, close."""
+
+    async def main() -> list[tuple[State, State]]:
+        changes: list[tuple[State, State]] = []
+        client = redis.asyncio.Redis.from_url(aurl)
+        b = SharedBreaker("aio", client=client, fail_max=2, reset_timeout=0.2,
+                          on_state_change=lambda o, n: changes.append((o, n)))  # fmt: skip
+        assert await b.call(_ok) == "ok"
+        guarded = b(_ok)
+        assert await guarded() == "ok"
+        async with b:
+            pass
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await b.call(_boom)
+        with pytest.raises(CircuitOpenError):
+            await b.call(_ok)
+        assert (await b.snapshot()).state is State.OPEN
+        await asyncio.sleep(0.25)
+        assert await b.call(_ok) == "ok"
+        assert (await b.snapshot()).state is State.CLOSED
+        await b.force_open()
+        with pytest.raises(CircuitOpenError):
+            await b.call(_ok)
+        await b.reset()
+        await client.aclose()
+        return changes
+
+    changes = asyncio.run(main())
+    assert changes[:3] == [
+        (State.CLOSED, State.OPEN),
+        (State.OPEN, State.HALF_OPEN),
+        (State.HALF_OPEN, State.CLOSED),
+    ]
+
+
+def test_async_and_sync_share_one_breaker(aurl: str) -> None:
+    """A sync process and an asyncio process see the same shared state."""
+    import redisbreaker
+
+    sync = redisbreaker.SharedBreaker("both", client=redis.Redis.from_url(aurl), fail_max=2)
+
+    async def main() -> State:
+        b = SharedBreaker("both", client=redis.asyncio.Redis.from_url(aurl), fail_max=2)
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await b.call(_boom)
+        return (await b.snapshot()).state
+
+    assert asyncio.run(main()) is State.OPEN
+    assert sync.snapshot().state is State.OPEN

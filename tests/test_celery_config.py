@@ -15,6 +15,13 @@ import redisbreaker.celery
 from redisbreaker import ConfigurationError, SharedBreaker, scripts
 from redisbreaker.celery import shared_breaker
 from redisbreaker.celery.settings import Settings, broker_redis_url, check_eviction
+from redisbreaker.celery.task import BreakerSpec, spec_of
+
+
+def _spec(task: Any) -> BreakerSpec:
+    spec = spec_of(task)
+    assert spec is not None
+    return spec
 
 
 def _noop() -> None:
@@ -68,7 +75,7 @@ def test_reject_without_acks_late_fails_at_definition() -> None:
     def fine() -> None: ...
 
     lazy.finalize()
-    assert lazy.tasks["t.reject_ok"].__redisbreaker__.on_open == "reject"
+    assert _spec(lazy.tasks["t.reject_ok"]).on_open == "reject"
 
 
 def test_wrapping_a_task_twice_fails() -> None:
@@ -99,7 +106,7 @@ def test_celery_control_flow_never_counts_as_failure() -> None:
     app = _app()
     app.finalize()
     task = shared_breaker(fail_max=1)(app.task(name="t.flow")(_noop))
-    spec = task.__redisbreaker__
+    spec = _spec(task)
     breaker = SharedBreaker("x", **spec.options())
     for exc in (Retry(), Reject(), Ignore()):
         assert breaker.options.outcome(exc, 0.0) == "x"
@@ -134,8 +141,8 @@ def test_retry_countdown_stays_below_visibility_timeout() -> None:
     app = _app(broker_transport_options={"visibility_timeout": 100})
     app.finalize()
     task = shared_breaker()(app.task(name="t.vt")(_noop))
-    assert task.__redisbreaker__.open_countdown(500.0) == 50.0
-    assert 3.0 <= task.__redisbreaker__.open_countdown(3.0) <= 4.0
+    assert _spec(task).open_countdown(500.0) == 50.0
+    assert 3.0 <= _spec(task).open_countdown(3.0) <= 4.0
 
 
 @pytest.fixture
@@ -143,7 +150,7 @@ def evicting(r: redis.Redis) -> Iterator[redis.Redis]:
     old = r.config_get("maxmemory-policy")["maxmemory-policy"]
     r.config_set("maxmemory-policy", "allkeys-lru")
     yield r
-    r.config_set("maxmemory-policy", old)
+    r.config_set("maxmemory-policy", str(old))
 
 
 def test_eviction_policy_warning(evicting: redis.Redis) -> None:

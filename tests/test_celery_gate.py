@@ -26,6 +26,10 @@ from tests.support.celery_apps.helpers import (
 pytestmark = [pytest.mark.celery, pytest.mark.timeout(180)]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _start_all(workers: list[CeleryWorker]) -> None:
     with ThreadPoolExecutor(len(workers)) as pool:
         list(pool.map(lambda w: w.start(), workers))
@@ -81,7 +85,7 @@ def test_cluster_scope_pauses_every_worker_and_one_trial_resumes(
             wait_log(w, "resumes queue")
         trials = [w.name for w in workers if "-> trial" in w.log()]
         assert len(trials) == 1, trials
-        ran = [x.decode().split("|")[1] for x in r.lrange(f"{ns}:ran", 0, -1)]
+        ran = [_text(x).split("|")[1] for x in r.lrange(f"{ns}:ran", 0, -1)]
         assert sorted(ran) == ["0", "1", "10", "11", "12", "13", "14", "15"]
     finally:
         _stop_all(workers)
@@ -166,7 +170,7 @@ def test_open_policies_with_a_real_worker(redis_url: str, r: redis.Redis) -> Non
         assert results["retry"].get(timeout=30) == "ran"
         assert results["reject"].get(timeout=30) == "ran"
         retried = r.lrange(f"{ns}:ran_retry", 0, -1)
-        assert [x.decode().rsplit("|", 1)[1] for x in retried] == ["0"]
+        assert [_text(x).rsplit("|", 1)[1] for x in retried] == ["0"]
         assert r.scard(f"{ns}:done_reject") == 1
         for result in results.values():
             result.forget()

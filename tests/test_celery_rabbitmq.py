@@ -32,7 +32,9 @@ def _queued(server: RabbitServer, queue: str) -> int:
     conn = amqp.Connection(host=f"127.0.0.1:{server.port}")
     conn.connect()
     try:
-        return int(conn.channel().queue_declare(queue, passive=True).message_count)
+        declared = conn.channel().queue_declare(queue, passive=True)
+        assert declared is not None
+        return int(declared[1])  # (queue, message_count, consumer_count)
     finally:
         conn.close()
 

@@ -174,6 +174,11 @@ def task_queues(app: Any, task_name: str) -> list[str]:
     return [str(name or app.conf.task_default_queue)]
 
 
+def spec_of(task: Any) -> BreakerSpec | None:
+    """The :class:`BreakerSpec` ``shared_breaker`` attached to ``task``, if any."""
+    return getattr(task, ATTR, None)
+
+
 def _is_proxy(obj: object) -> bool:
     from celery.local import PromiseProxy
 

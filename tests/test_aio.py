@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio
@@ -15,9 +14,9 @@ from tests.helpers import Boom
 
 
 @pytest.fixture
-def aurl(redis_server: RedisServer) -> Iterator[str]:
+def aurl(redis_server: RedisServer) -> str:
     redis_server.client().flushall()
-    yield redis_server.url
+    return redis_server.url
 
 
 async def _ok() -> str:
@@ -34,8 +33,13 @@ def test_async_cycle(aurl: str) -> None:
     async def main() -> list[tuple[State, State]]:
         changes: list[tuple[State, State]] = []
         client = redis.asyncio.Redis.from_url(aurl)
-        b = SharedBreaker("aio", client=client, fail_max=2, reset_timeout=0.2,
-                          on_state_change=lambda o, n: changes.append((o, n)))  # fmt: skip
+        b = SharedBreaker(
+            "aio",
+            client=client,
+            fail_max=2,
+            reset_timeout=0.2,
+            on_state_change=lambda o, n: changes.append((o, n)),
+        )
         assert await b.call(_ok) == "ok"
         guarded = b(_ok)
         assert await guarded() == "ok"

@@ -42,8 +42,8 @@ def test_three_ways_in(r: redis.Redis) -> None:
         pass
     with pytest.raises(Boom), b:
         boom()
+    assert decorated.__wrapped__.__name__ == "decorated"  # functools.wraps kept the original
     with pytest.raises(Boom):
-        decorated.__wrapped__  # noqa: B018 - functools.wraps kept the original
         b.call(boom)
     assert b.snapshot().consecutive_failures == 2
 
@@ -94,10 +94,18 @@ def test_half_open_trial_closes_or_reopens(r: redis.Redis) -> None:
 def test_success_threshold_and_permits(r: redis.Redis) -> None:
     """half_open_permits trials may run at once; success_threshold successes close."""
     b = make(r, fail_max=1, half_open_permits=2, success_threshold=2)
-    other = make(redis.Redis(connection_pool=r.connection_pool), fail_max=1,
-                 half_open_permits=2, success_threshold=2)  # fmt: skip
-    third = make(redis.Redis(connection_pool=r.connection_pool), fail_max=1,
-                 half_open_permits=2, success_threshold=2)  # fmt: skip
+    other = make(
+        redis.Redis(connection_pool=r.connection_pool),
+        fail_max=1,
+        half_open_permits=2,
+        success_threshold=2,
+    )
+    third = make(
+        redis.Redis(connection_pool=r.connection_pool),
+        fail_max=1,
+        half_open_permits=2,
+        success_threshold=2,
+    )
     fail_n(b.call, 1)
     time.sleep(0.25)
     with b:  # trial 1 holds a permit
@@ -174,8 +182,11 @@ def test_listener_runs_once_in_the_process_that_made_the_transition(r: redis.Red
     seen_a: list[tuple[State, State]] = []
     seen_b: list[tuple[State, State]] = []
     a = make(r, fail_max=2, on_state_change=lambda o, n: seen_a.append((o, n)))
-    b = make(redis.Redis(connection_pool=r.connection_pool), fail_max=2,
-             on_state_change=lambda o, n: seen_b.append((o, n)))  # fmt: skip
+    b = make(
+        redis.Redis(connection_pool=r.connection_pool),
+        fail_max=2,
+        on_state_change=lambda o, n: seen_b.append((o, n)),
+    )
     fail_n(a.call, 1)
     fail_n(b.call, 1)  # b's failure is the one that trips
     assert seen_b == [(State.CLOSED, State.OPEN)]
@@ -222,8 +233,14 @@ def test_closed_successes_cost_no_round_trip(r: redis.Redis) -> None:
 
 def test_pending_successes_are_flushed_and_counted(r: redis.Redis) -> None:
     """Locally counted successes reach the shared window with the next script call."""
-    b = make(r, fail_max=None, window=CountWindow(100), minimum_calls=10,
-             failure_rate_threshold=0.5, sync_interval=60)  # fmt: skip
+    b = make(
+        r,
+        fail_max=None,
+        window=CountWindow(100),
+        minimum_calls=10,
+        failure_rate_threshold=0.5,
+        sync_interval=60,
+    )
     for _ in range(30):
         b.call(ok)
     fail_n(b.call, 1)
@@ -253,8 +270,7 @@ def test_transition_is_one_script_call(r: redis.Redis) -> None:
 
 def test_count_window_failure_rate(r: redis.Redis) -> None:
     """The failure rate over the last N calls trips once minimum_calls is reached."""
-    b = make(r, fail_max=None, window=CountWindow(10), minimum_calls=4,
-             failure_rate_threshold=0.5)  # fmt: skip
+    b = make(r, fail_max=None, window=CountWindow(10), minimum_calls=4, failure_rate_threshold=0.5)
     b.call(ok)
     fail_n(b.call, 2)  # 2 of 3: below minimum_calls
     assert b.snapshot().state is State.CLOSED
@@ -265,9 +281,15 @@ def test_count_window_failure_rate(r: redis.Redis) -> None:
 
 def test_time_window_and_slow_calls(r: redis.Redis) -> None:
     """Slow calls count toward the slow-call rate over a time window."""
-    b = make(r, fail_max=None, window=TimeWindow(10), minimum_calls=3,
-             failure_rate_threshold=0.9, slow_call_duration=0.02,
-             slow_call_rate_threshold=0.6)  # fmt: skip
+    b = make(
+        r,
+        fail_max=None,
+        window=TimeWindow(10),
+        minimum_calls=3,
+        failure_rate_threshold=0.9,
+        slow_call_duration=0.02,
+        slow_call_rate_threshold=0.6,
+    )
     b.call(ok)
     for _ in range(2):
         b.call(time.sleep, 0.03)

@@ -20,15 +20,32 @@ from redisbreaker.state import View
 
 PRESETS: list[dict[str, Any]] = [
     {"fail_max": 3, "reset_timeout": 5.0},
-    {"fail_max": None, "window": CountWindow(8), "minimum_calls": 4,
-     "failure_rate_threshold": 0.5},
-    {"fail_max": 10, "window": TimeWindow(5), "minimum_calls": 3,
-     "failure_rate_threshold": 0.6, "slow_call_duration": 1.0, "slow_call_rate_threshold": 0.5},
-    {"fail_max": 2, "reset_timeout": 2.0, "backoff": Backoff(multiplier=3.0, max=30.0, jitter=0.5),
-     "half_open_permits": 2, "success_threshold": 2, "trial_lease": 3.0},
-    {"fail_max": None, "window": CountWindow(3), "minimum_calls": 1,
-     "slow_call_duration": 0.5, "slow_call_rate_threshold": 0.34, "failure_rate_threshold": 1.0},
-]  # fmt: skip
+    {"fail_max": None, "window": CountWindow(8), "minimum_calls": 4, "failure_rate_threshold": 0.5},
+    {
+        "fail_max": 10,
+        "window": TimeWindow(5),
+        "minimum_calls": 3,
+        "failure_rate_threshold": 0.6,
+        "slow_call_duration": 1.0,
+        "slow_call_rate_threshold": 0.5,
+    },
+    {
+        "fail_max": 2,
+        "reset_timeout": 2.0,
+        "backoff": Backoff(multiplier=3.0, max=30.0, jitter=0.5),
+        "half_open_permits": 2,
+        "success_threshold": 2,
+        "trial_lease": 3.0,
+    },
+    {
+        "fail_max": None,
+        "window": CountWindow(3),
+        "minimum_calls": 1,
+        "slow_call_duration": 0.5,
+        "slow_call_rate_threshold": 0.34,
+        "failure_rate_threshold": 1.0,
+    },
+]
 
 # Mostly no pending successes: they reset the failure streak, and trips must happen.
 PENDING = st.sampled_from([0, 0, 0, 0, 1, 3])
@@ -56,8 +73,10 @@ class LuaVersusModel(RuleBasedStateMachine):
         self.options = BreakerOptions(**preset)
         keys = KeySpace.of("rbtest:", "cb", f"m{next(_names)}")
         self.keys = [keys.key("s"), keys.key("p"), keys.key("b")]
-        self.script = {n: scripts.register(self.r, n) for n in
-                       ("breaker_admit", "breaker_record", "breaker_operate", "breaker_snapshot")}  # fmt: skip
+        self.script = {
+            n: scripts.register(self.r, n)
+            for n in ("breaker_admit", "breaker_record", "breaker_operate", "breaker_snapshot")
+        }
         self.model = BreakerModel()
         self.now = start
         self.gen = 0
@@ -65,8 +84,9 @@ class LuaVersusModel(RuleBasedStateMachine):
         self.counter = itertools.count()
 
     def argv(self, rand: float = 0.25) -> list[Any]:
-        return self.options.argv(clock=str(self.now), rand=rand, channel="rbtest:events",
-                                 event_prefix=b"\x96\xa1n\xa1o")  # fmt: skip
+        return self.options.argv(
+            clock=str(self.now), rand=rand, channel="rbtest:events", event_prefix=b"\x96\xa1n\xa1o"
+        )
 
     def compare(self, lua_reply: list[Any], model_view: View) -> None:
         lua_view = View.parse(lua_reply)
@@ -104,8 +124,10 @@ class LuaVersusModel(RuleBasedStateMachine):
         self.now += ms
 
     # Operator commands are drawn rarely, so that most sequences trip on their own.
-    @rule(cmd=st.sampled_from(["force_open", "disable", "reset", "open", *["none"] * 12]),
-          seconds=st.integers(1, 10))  # fmt: skip
+    @rule(
+        cmd=st.sampled_from(["force_open", "disable", "reset", "open", *["none"] * 12]),
+        seconds=st.integers(1, 10),
+    )
     def operate(self, cmd: str, seconds: int) -> None:
         if cmd == "none":
             return

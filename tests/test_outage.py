@@ -1,4 +1,4 @@
-"""Redis killed mid-run: each outage policy behaves as documented; nothing raises at construction."""
+"""Redis killed mid-run: each outage policy behaves as documented."""
 
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ def test_fail_closed_refuses_with_a_circuit_open_error(private_redis: RedisServe
 
 def test_local_policy_trips_in_process_then_rejoins(private_redis: RedisServer) -> None:
     """local: an in-process breaker with the same settings stands in, then Redis rules again."""
-    b = SharedBreaker("lo", client=client(private_redis), fail_max=3, reset_timeout=30,
-                      on_outage="local")  # fmt: skip
+    b = SharedBreaker(
+        "lo", client=client(private_redis), fail_max=3, reset_timeout=30, on_outage="local"
+    )
     fail_n(b.call, 1)  # recorded in Redis (AOF keeps it across the restart)
     private_redis.kill()
     fail_n(b.call, 3)

@@ -30,8 +30,13 @@ def _run_all(target: Any, args_for: list[tuple[Any, ...]]) -> list[Any]:
 def _hammer_failures(queue: Any, url: str, name: str, calls: int, fail_max: int) -> None:
     # Everything Redis-related is created after fork: no shared sockets.
     opened: list[tuple[State, State]] = []
-    b = SharedBreaker(name, client=redis.Redis.from_url(url), fail_max=fail_max,
-                      reset_timeout=60, on_state_change=lambda o, n: opened.append((o, n)))  # fmt: skip
+    b = SharedBreaker(
+        name,
+        client=redis.Redis.from_url(url),
+        fail_max=fail_max,
+        reset_timeout=60,
+        on_state_change=lambda o, n: opened.append((o, n)),
+    )
     ran = 0
     for _ in range(calls):
         try:
@@ -67,9 +72,14 @@ def test_exactly_one_trip(redis_url: str) -> None:
 
 
 def _hammer_trials(queue: Any, url: str, name: str, permits: int, start: float) -> None:
-    b = SharedBreaker(name, client=redis.Redis.from_url(url), fail_max=1, reset_timeout=0.5,
-                      half_open_permits=permits,
-                      backoff=Backoff(multiplier=100, max=100, jitter=0))  # fmt: skip
+    b = SharedBreaker(
+        name,
+        client=redis.Redis.from_url(url),
+        fail_max=1,
+        reset_timeout=0.5,
+        half_open_permits=permits,
+        backoff=Backoff(multiplier=100, max=100, jitter=0),
+    )
     trials = 0
 
     def trial() -> None:
@@ -89,8 +99,13 @@ def _hammer_trials(queue: Any, url: str, name: str, permits: int, start: float) 
 @pytest.mark.parametrize("permits", [1, 3])
 def test_half_open_admits_exactly_the_permitted_trials(redis_url: str, permits: int) -> None:
     """16 processes at the end of an open period: exactly half_open_permits trials run."""
-    b = SharedBreaker("trials", client=redis.Redis.from_url(redis_url), fail_max=1,
-                      reset_timeout=0.5, half_open_permits=permits)  # fmt: skip
+    b = SharedBreaker(
+        "trials",
+        client=redis.Redis.from_url(redis_url),
+        fail_max=1,
+        reset_timeout=0.5,
+        half_open_permits=permits,
+    )
     try:
         b.call(_fail)
     except Boom:

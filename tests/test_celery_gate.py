@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,11 @@ pytestmark = [pytest.mark.celery, pytest.mark.timeout(180)]
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start_all(workers: list[CeleryWorker]) -> None:
@@ -111,7 +118,11 @@ def test_sigkill_while_paused_loses_no_task(redis_url: str, r: redis.Redis) -> N
             send(i)
         wait_log(w, "pauses queue")
         after = {app.send_task("gate.plain", args=[i], queue=ns).id for i in range(8, 13)}
-        time.sleep(1.5)
+        assert w.process is not None
+        cpu_before = _cpu_seconds(w.process.pid)
+        time.sleep(2.0)
+        # Paused means idle: no busy loop in the consumer (generous bound, not a timing).
+        assert _cpu_seconds(w.process.pid) - cpu_before < 0.5
         w.kill()
         held = task_ids_in_redis_broker(r, ns)
         done = {int(x) for x in r.smembers(f"{ns}:done")}

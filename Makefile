@@ -33,7 +33,9 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m redisbreaker.demo
 
+# The comparison suite: installs the pinned comparison libraries, then runs every case.
 bench: $(STAMP) servers
+	$(PY) -m pip install -q -r benchmarks/requirements.txt
 	$(PY) -m benchmarks
 
 clean:

@@ -14,11 +14,16 @@ from redisbreaker.errors import (
 from redisbreaker.options import Backoff, BreakerOptions, CountWindow, OutagePolicy, TimeWindow
 from redisbreaker.outage import BreakerUnavailableError
 from redisbreaker.state import Snapshot, State, Transition
+from redisbreaker.transaction import Decision, Outcome, Tally, Transaction
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "SharedBreaker",
+    "Transaction",
+    "Decision",
+    "Outcome",
+    "Tally",
     "configure",
     "State",
     "Snapshot",

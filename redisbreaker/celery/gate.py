@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -330,8 +331,6 @@ def manual_breaker(app: Any, scope: str, key: str) -> SharedBreaker:
     cache: dict[tuple[str, str, int], SharedBreaker] = app.__dict__.setdefault(
         "_redisbreaker_manual", {}
     )
-    import os
-
     slot = (scope, key, os.getpid())
     found = cache.get(slot)
     if found is None:

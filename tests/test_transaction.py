@@ -308,7 +308,10 @@ def test_asyncio_twin(redis_url: str) -> None:
         client = async_client_from_url(redis_url)
         tx = await AioTransaction.begin(["a", "b", "c"], timeout=30, client=client)
         waits = [asyncio.create_task(tx.vote_and_wait(p, True)) for p in ("a", "b")]
-        await asyncio.sleep(0.05)
+        for _ in range(500):  # until both tasks have voted (no timing assumption)
+            if (await tx.tally()).yes == 2:
+                break
+            await asyncio.sleep(0.01)
         assert (await tx.tally()).yes == 2
         await tx.vote("c", True)
         decisions = await asyncio.gather(*waits)

@@ -2,7 +2,7 @@
 -- breaker_admit: may a call run now? Also flushes the caller's locally counted
 -- successes and refreshes its cached view (the periodic sync of the hot path).
 -- KEYS: S, P, B (see lua/lib/breaker.lua)
--- ARGV: [1..18] config; [19] permit token; [20] pending successes; [21] their generation
+-- ARGV: [1..18] config; [OP] permit token; [OP+1] pending successes; [OP+2] their generation
 -- Reply: the breaker reply; verdict 'allow' (closed or disabled), 'trial' (a half-open
 --   permit was leased to the token), or 'reject' (wait_ms until a call could pass).
 -- Atomic because: the open -> half-open move and the permit count must be decided by
@@ -11,7 +11,7 @@ local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end
 if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
-apply_pending(s, tonumber(ARGV[20]), tonumber(ARGV[21]), now)
+apply_pending(s, tonumber(ARGV[OP + 1]), tonumber(ARGV[OP + 2]), now)
 
 local verdict, wait_ms = 'allow', 0
 if s.st == 'open' then
@@ -24,7 +24,7 @@ end
 if s.st == 'half_open' then
   redis.call('ZREMRANGEBYSCORE', P, '-inf', now)
   if redis.call('ZCARD', P) < cfg.permits then
-    redis.call('ZADD', P, now + cfg.lease_ms, ARGV[19])
+    redis.call('ZADD', P, now + cfg.lease_ms, ARGV[OP])
     verdict = 'trial'
   else
     local first = redis.call('ZRANGE', P, 0, 0, 'WITHSCORES')

@@ -1,9 +1,9 @@
 --! use: clock, msgpack, breaker
 -- breaker_record: record the outcome of one call (and the caller's pending successes).
 -- KEYS: S, P, B (see lua/lib/breaker.lua)
--- ARGV: [1..18] config; [19] permit token ('' unless a half-open trial);
---   [20] pending successes; [21] their generation; [22] generation the call was
---   admitted in; [23] outcome code ('0' '1' '2' '3' 'x')
+-- ARGV: [1..18] config; [OP] permit token ('' unless a half-open trial);
+--   [OP+1] pending successes; [OP+2] their generation; [OP+3] generation the call
+--   was admitted in; [OP+4] outcome code ('0' '1' '2' '3' 'x')
 -- Reply: the breaker reply, verdict ''.
 -- Atomic because: counting, the trip decision and the transition must happen as one
 -- step, so concurrent failures never lose an update and only one of them trips.
@@ -12,9 +12,9 @@ local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end
 if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
-apply_pending(s, tonumber(ARGV[20]), tonumber(ARGV[21]), now)
+apply_pending(s, tonumber(ARGV[OP + 1]), tonumber(ARGV[OP + 2]), now)
 
-local token, gen, code = ARGV[19], tonumber(ARGV[22]), ARGV[23]
+local token, gen, code = ARGV[OP], tonumber(ARGV[OP + 3]), ARGV[OP + 4]
 if token ~= '' then redis.call('ZREM', P, token) end
 if gen == s.gen and code ~= 'x' then
   if s.st == 'closed' then

@@ -4,7 +4,7 @@
 -- is seen on pub/sub, and when a pause deadline passes.
 -- KEYS: S, P, B (see lua/lib/breaker.lua); [4] L, the gate's trial lease (a string
 --   "<worker id>|<generation of the open period it was taken in>", same hash tag).
--- ARGV: [1..18] config; [19] worker id; [20] lease ms; [21] mode: 'trial' (a task
+-- ARGV: [1..18] config; [OP] worker id; [OP+1] lease ms; [OP+2] mode: 'trial' (a task
 --   breaker: one worker resumes for the half-open trial) or 'manual' (a manual pause:
 --   everyone resumes at the deadline).
 -- Reply: {action, generation, ms}: action 'resume' (closed or disabled: consume),
@@ -18,7 +18,7 @@ local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end
 local L = KEYS[4]
-local me, lease_ms, mode = ARGV[19], tonumber(ARGV[20]), ARGV[21]
+local me, lease_ms, mode = ARGV[OP], tonumber(ARGV[OP + 1]), ARGV[OP + 2]
 
 if s.st == 'closed' or s.st == 'disabled' then return { 'resume', s.gen, 0 } end
 if s.st == 'forced_open' then return { 'wait', s.gen, 0 } end

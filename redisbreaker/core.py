@@ -84,6 +84,7 @@ class BreakerCore:
         self.keys = keys
         self.key_list = [keys.key("s"), keys.key("p"), keys.key("b")]
         self.channel = keys.channel()
+        self.static_args = options.static_argv
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._prefix_cache: tuple[str, bytes] | None = None
@@ -144,11 +145,9 @@ class BreakerCore:
         return self._prefix_cache[1]
 
     def config_args(self) -> list[Any]:
+        """ARGV[1..18] of every breaker script (see ``lua/lib/breaker.lua``)."""
         clock = str(self.clock_override()) if self.clock_override else ""
-        return self.options.argv(
-            clock=clock, rand=random.random(), channel=self.channel,
-            event_prefix=self._event_prefix(),
-        )  # fmt: skip
+        return [clock, repr(random.random()), self.channel, self._event_prefix(), *self.static_args]
 
     def _take_pending(self) -> tuple[int, int]:
         with self._lock:
@@ -191,7 +190,7 @@ class BreakerCore:
 
     def apply(self, reply: Sequence[Any], now: float) -> tuple[View, Transition | None]:
         """Take a script's reply into the cached view; return it and any transition it made."""
-        view = View.parse(list(reply))
+        view = View.parse(reply)
         self.outage_until = 0.0
         self.local_model = None  # Redis is back: rejoin the shared state
         self._cache(view, now)

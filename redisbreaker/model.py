@@ -43,12 +43,13 @@ class _Cfg:
 
     @classmethod
     def parse(cls, argv: Sequence[Any]) -> _Cfg:
-        a = [x.decode() if isinstance(x, bytes) else str(x) for x in argv[:16]]
+        """Read ARGV[1..18] as ``lua/lib/breaker.lua`` does."""
+        a = [x.decode("latin-1") if isinstance(x, bytes) else str(x) for x in argv[:18]]
         return cls(
-            fail_max=int(a[1]), wkind=int(a[2]), wsize=int(a[3]), min_calls=int(a[4]),
-            rate_bp=int(a[5]), slow_bp=int(a[6]), reset_ms=int(a[7]), mult=float(a[8]),
-            max_ms=int(a[9]), jitter=float(a[10]), rand=float(a[11]), permits=int(a[12]),
-            lease_ms=int(a[13]), succ=int(a[14]),
+            rand=float(a[1]), fail_max=int(a[4]), wkind=int(a[5]), wsize=int(a[6]),
+            min_calls=int(a[7]), rate_bp=int(a[8]), slow_bp=int(a[9]), reset_ms=int(a[10]),
+            mult=float(a[11]), max_ms=int(a[12]), jitter=float(a[13]), permits=int(a[14]),
+            lease_ms=int(a[15]), succ=int(a[16]),
         )  # fmt: skip
 
     @property

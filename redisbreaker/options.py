@@ -7,6 +7,7 @@ of their own; processes sharing a breaker should use the same settings.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -218,13 +219,14 @@ class BreakerOptions:
             return "x"
         return "3" if slow else "1"
 
-    def argv(self, *, clock: str, rand: float, channel: str, event_prefix: bytes) -> list[Any]:
-        """ARGV[1..18] of every breaker script, in the order ``lua/lib/breaker.lua`` reads."""
+    @functools.cached_property
+    def static_argv(self) -> tuple[bytes, ...]:
+        """The settings as ``lua/lib/breaker.lua`` reads them from ARGV[5..18], encoded
+        once: the hot path then sends ready-made bytes."""
         w = self.window
         kind, size = (1, w.size) if isinstance(w, CountWindow) else (2, w.seconds) if w else (0, 0)
         b = self.backoff
-        return [
-            clock,
+        fields = [
             self.fail_max or 0,
             kind,
             size,
@@ -235,14 +237,16 @@ class BreakerOptions:
             repr(b.multiplier) if b else "1",
             _ms(b.max) if b else _ms(self.reset_timeout),
             repr(b.jitter) if b else "0",
-            repr(rand),
             self.half_open_permits,
             _ms(self.trial_lease),
             self.success_threshold,
             _ms(self.ttl),
-            channel,
-            event_prefix,
         ]
+        return tuple(str(f).encode() for f in fields)
+
+    def argv(self, *, clock: str, rand: float, channel: str, event_prefix: bytes) -> list[Any]:
+        """ARGV[1..18] of every breaker script, in the order ``lua/lib/breaker.lua`` reads."""
+        return [clock, repr(rand), channel, event_prefix, *self.static_argv]
 
 
 def _ms(seconds: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class State(StrEnum):
@@ -42,29 +43,32 @@ class View:
     verdict: Verdict
 
     @classmethod
-    def parse(cls, reply: list[object]) -> View:
-        """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua``."""
+    def parse(cls, reply: list[Any]) -> View:
+        """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua``.
 
-        def text(v: object) -> str:
-            return v.decode() if isinstance(v, bytes) else str(v)
-
-        def num(v: object) -> int:
-            return int(text(v))
-
-        old = text(reply[9])
+        Lua numbers arrive as ints and strings as bytes (or str with decoding on).
+        """
+        old = reply[9]
         return cls(
-            state=State(text(reply[0])),
-            generation=num(reply[1]),
-            wait_ms=num(reply[2]),
-            consecutive_failures=num(reply[3]),
-            calls=num(reply[4]),
-            failures=num(reply[5]),
-            slow_calls=num(reply[6]),
-            half_open_successes=num(reply[7]),
-            trips=num(reply[8]),
-            transitioned_from=State(old) if old else None,
-            verdict=Verdict(text(reply[10])),
+            _STATES[reply[0]],
+            int(reply[1]),
+            int(reply[2]),
+            int(reply[3]),
+            int(reply[4]),
+            int(reply[5]),
+            int(reply[6]),
+            int(reply[7]),
+            int(reply[8]),
+            _STATES[old] if old else None,
+            _VERDICTS[reply[10]],
         )
+
+
+_STATES: dict[Any, State] = {**{s.value: s for s in State}, **{s.value.encode(): s for s in State}}
+_VERDICTS: dict[Any, Verdict] = {
+    **{v.value: v for v in Verdict},
+    **{v.value.encode(): v for v in Verdict},
+}
 
 
 @dataclass(frozen=True, slots=True)

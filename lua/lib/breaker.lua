@@ -6,7 +6,7 @@
 --   KEYS[2] P  zset   half-open permits: member = caller's token, score = lease expiry (ms)
 --   KEYS[3] B  hash   time-window buckets t<i>/f<i>/s<i> (calls, failures, slow) per second
 -- ARGV[1..18] is the breaker's configuration, sent with every call (see
--- redisbreaker/options.py `BreakerOptions.argv`); ARGV[19..] belong to the operation.
+-- redisbreaker/options.py `BreakerOptions.argv`); ARGV[OP..] belong to the operation.
 --
 -- Outcome codes: '0' success, '1' failure, '2' slow success, '3' slow failure,
 -- 'x' ignored (releases a permit, records nothing).
@@ -15,28 +15,33 @@
 
 local S, P, B = KEYS[1], KEYS[2], KEYS[3]
 
+-- ARGV[1] clock override ('' = TIME); ARGV[2] uniform [0, 1) from the caller for the
+-- jitter (Redis seeds math.random alike in every script); ARGV[3] the event channel;
+-- ARGV[4] the event prefix (msgpack: array header, breaker name, origin id);
+-- ARGV[5..18] the static settings (the caller encodes them once). An operation's own
+-- arguments start at ARGV[OP].
+local OP = 19
 local cfg = {
-  clock = ARGV[1],
-  fail_max = tonumber(ARGV[2]),
-  wkind = tonumber(ARGV[3]),    -- 0 none, 1 count-based, 2 time-based
-  wsize = tonumber(ARGV[4]),    -- calls, or seconds
-  min_calls = tonumber(ARGV[5]),
-  rate_bp = tonumber(ARGV[6]),  -- failure-rate threshold in basis points; 0 = off
-  slow_bp = tonumber(ARGV[7]),  -- slow-call-rate threshold in basis points; 0 = off
-  reset_ms = tonumber(ARGV[8]),
-  mult = tonumber(ARGV[9]),
-  max_ms = tonumber(ARGV[10]),
-  jitter = tonumber(ARGV[11]),
-  rand = tonumber(ARGV[12]),    -- uniform [0, 1) from the caller: Redis seeds math.random alike
-  permits = tonumber(ARGV[13]),
-  lease_ms = tonumber(ARGV[14]),
-  succ = tonumber(ARGV[15]),
-  ttl_ms = tonumber(ARGV[16]),
-  channel = ARGV[17],
-  ev_prefix = ARGV[18],         -- msgpack: array header, breaker name, origin id
+  clock = ARGV[1], rand = tonumber(ARGV[2]), channel = ARGV[3], ev_prefix = ARGV[4],
+  fail_max = tonumber(ARGV[5]),
+  wkind = tonumber(ARGV[6]),     -- 0 none, 1 count-based, 2 time-based
+  wsize = tonumber(ARGV[7]),     -- calls, or seconds
+  min_calls = tonumber(ARGV[8]),
+  rate_bp = tonumber(ARGV[9]),   -- failure-rate threshold in basis points; 0 = off
+  slow_bp = tonumber(ARGV[10]),  -- slow-call-rate threshold in basis points; 0 = off
+  reset_ms = tonumber(ARGV[11]),
+  mult = tonumber(ARGV[12]),
+  max_ms = tonumber(ARGV[13]),
+  jitter = tonumber(ARGV[14]),
+  permits = tonumber(ARGV[15]),
+  lease_ms = tonumber(ARGV[16]),
+  succ = tonumber(ARGV[17]),
+  ttl_ms = tonumber(ARGV[18]),
 }
 local WK = cfg.wkind .. ':' .. cfg.wsize
 local STATES = { closed = 1, open = 1, half_open = 1, forced_open = 1, disabled = 1 }
+local FIELDS = { 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'ring',
+  'wsec' }
 local transition_from = ''
 
 local function is_fail(c) return c == '1' or c == '3' end
@@ -59,6 +64,14 @@ local function load()
   }
   if not STATES[s.st] then
     return redis.error_reply('CORRUPT breaker key ' .. S .. ' has state ' .. tostring(s.st))
+  end
+  -- What is stored now; a field of a key that does not exist yet counts as changed.
+  s.loaded = { wk = v[13] }
+  if v[1] then
+    for k, f in ipairs(FIELDS) do
+      if k ~= 11 then s.loaded[f] = s[f] end
+    end
+    s.loaded.ring = v[11] and s.ring or nil
   end
   -- A changed window setting (or a fresh key) starts an empty window.
   if v[13] ~= WK then win_reset(s) end
@@ -177,14 +190,25 @@ local function apply_pending(s, m, gen, now)
   if m > 0 and gen == s.gen then record_closed(s, '0', m, now) end
 end
 
+-- Write back only the fields that changed (most calls change one or two), and refresh
+-- the TTLs: of S always, of P and B only while they can hold anything.
 local function save(s, now)
-  redis.call('HSET', S, 'st', s.st, 'gen', s.gen, 'until', s['until'], 'trips', s.trips,
-    'consec', s.consec, 'hs', s.hs, 'n', s.n, 'wf', s.wf, 'ws', s.ws, 'h', s.h, 'ring', s.ring,
-    'wsec', s.wsec, 'wk', WK)
+  local args = {}
+  for _, f in ipairs(FIELDS) do
+    if s[f] ~= s.loaded[f] then
+      args[#args + 1] = f
+      args[#args + 1] = s[f]
+    end
+  end
+  if s.loaded.wk ~= WK then
+    args[#args + 1] = 'wk'
+    args[#args + 1] = WK
+  end
+  if #args > 0 then redis.call('HSET', S, unpack(args)) end
   local ttl = cfg.ttl_ms + remain(s, now)
   redis.call('PEXPIRE', S, ttl)
-  redis.call('PEXPIRE', P, ttl)
-  redis.call('PEXPIRE', B, ttl)
+  if s.st == 'half_open' then redis.call('PEXPIRE', P, ttl) end
+  if cfg.wkind == 2 then redis.call('PEXPIRE', B, ttl) end
 end
 
 -- The reply every breaker script returns (parsed by redisbreaker/core.py):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -43,7 +44,7 @@ class View:
     verdict: Verdict
 
     @classmethod
-    def parse(cls, reply: list[Any]) -> View:
+    def parse(cls, reply: Sequence[Any]) -> View:
         """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua``.
 
         Lua numbers arrive as ints and strings as bytes (or str with decoding on).

@@ -72,6 +72,7 @@ class RedisServer:
     """One ``redis-server`` process on loopback (TCP port and unix socket)."""
 
     port: int = 0
+    binary: str | None = None  # default: find_binary()
     cluster: bool = False
     appendonly: bool = False
     extra: Sequence[str] = ()
@@ -94,7 +95,7 @@ class RedisServer:
         if self.port == 0:
             self.port = free_port(cluster=self.cluster)
         args = [
-            find_binary(),
+            self.binary or find_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--unixsocket", self.socket_path,

@@ -78,6 +78,9 @@ def _make_app() -> Any:
             reset_timeout=float(os.environ.get("RB_DEMO_RESET", "2")),
             retry_on_failure=True,
         )(app.task(name=TASK, max_retries=None)(body))
+    elif os.environ.get("RB_DEMO_BREAKER") == "seed":
+        task = _seed_001(app, body, int(os.environ.get("RB_DEMO_FAIL_MAX", "2")),
+                         float(os.environ.get("RB_DEMO_RESET", "2")))  # fmt: skip
     else:
         task = app.task(name=TASK)(body)
     del task
@@ -92,6 +95,53 @@ def _make_app() -> Any:
             counters().sadd(f"{ns}:lost", args[0])
 
     return app
+
+
+def _seed_001(app: Any, body: Any, fail_max: int, reset_timeout: float) -> Any:
+    """The prior art of seed 001, as published: pybreaker in process memory, the pause
+    deadline in a per-host ``multiprocessing.Value``, and ``qos.can_consume`` patched
+    by a consumer bootstep. Here only to be measured beside redisbreaker."""
+    import ctypes
+    import multiprocessing
+    from types import MethodType
+
+    import pybreaker
+    from celery import bootsteps
+
+    paused_until = multiprocessing.Value(ctypes.c_double, 0.0)  # made before the pool forks
+
+    class PauseController(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+            if new_state.name == pybreaker.STATE_OPEN:
+                paused_until.value = time.time() + cb.reset_timeout
+
+    class ConsumptionGate(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, parent: Any) -> None:
+            qos = parent.task_consumer.channel.qos
+            original = qos.can_consume
+
+            def can_consume(self: Any) -> bool:
+                until = paused_until.value
+                if until > 0.0 and time.time() < until:
+                    return False
+                return bool(original())
+
+            qos.can_consume = MethodType(can_consume, qos)
+
+    breaker = pybreaker.CircuitBreaker(
+        fail_max=fail_max,
+        reset_timeout=reset_timeout,
+        throw_new_error_on_trip=False,
+        listeners=[PauseController()],
+    )
+    app.steps["consumer"].add(ConsumptionGate)
+
+    def guarded(i: int) -> Any:
+        return breaker.call(body, i)
+
+    return app.task(name=TASK)(guarded)
 
 
 def __getattr__(name: str) -> Any:
@@ -118,13 +168,14 @@ def measure(
     reset_timeout: float = 2.0,
     pool: str = "prefork",
     timeout: float = 45.0,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """Run the scenario once with real workers; return what the broken worker did.
 
     Keys: ``tasks``, ``broken_taken`` (messages it received), ``broken_ran`` (task
     bodies it started), ``broken_failed``, ``succeeded``, ``lost`` (never succeeded),
     ``makespan_s``, ``trips`` (open periods of its breaker; 0 without one), and
-    ``with_breaker``.
+    ``with_breaker``. ``mode="seed"`` runs seed 001's per-host approach instead.
     """
     from celery import Celery
 
@@ -134,7 +185,7 @@ def measure(
     env = {
         "RB_DEMO_NS": ns,
         "RB_DEMO_WORK": repr(work),
-        "RB_DEMO_BREAKER": "1" if with_breaker else "0",
+        "RB_DEMO_BREAKER": "seed" if mode == "seed" else "1" if with_breaker else "0",
         "RB_DEMO_FAIL_MAX": str(fail_max),
         "RB_DEMO_RESET": repr(reset_timeout),
     }

@@ -1,10 +1,15 @@
-"""Pub/sub fan-out: one subscriber connection per process and client.
+"""Pub/sub fan-out: one subscriber connection per process and client, for everything.
 
-Breakers publish each transition from inside the script that makes it. Every
-process keeps one pub/sub connection per Redis client (not one per breaker), runs
-one background thread (sync) or task (asyncio) on it, and hands each event to the
-local objects of that breaker. When the connection drops and comes back, every
-subscriber is told to forget its cached view: events may have been missed.
+Breaker transitions and transaction decisions are published from inside the scripts
+that make them. Every process keeps one pub/sub connection per Redis client (not one
+per breaker or waiter), runs one background thread (sync) or one task per event loop
+(asyncio) on it, and hands each message to the local listeners of the object it
+concerns: a breaker's cached view, or the waiters of a transaction.
+
+A message can be missed while a subscription is being made or re-made. So when the
+server confirms a subscription, and when the connection drops, every listener's
+``on_reset`` runs: breakers forget their cached view, waiters read the status again.
+A hub whose listeners are all gone for ``IDLE_EXIT`` seconds closes its connection.
 """
 
 from __future__ import annotations
@@ -20,24 +25,33 @@ from typing import Any, Protocol
 
 from redisbreaker.outage import rate_limited
 
+# A hub with no listeners for this long closes its connection and ends; the next
+# listener starts it again (so idle processes and dropped clients hold nothing).
+IDLE_EXIT = 5.0
+_BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
 
 class Listener(Protocol):
     def on_message(self, message: Any) -> None: ...
     def on_reset(self) -> None: ...
 
 
-# Turns a payload into (the hash tag of the object it concerns, the decoded message).
+# Turns a payload into (the tag of the object it concerns, the decoded message).
 Decoder = Callable[[bytes], "tuple[str, Any] | None"]
 
 
 class _Dispatch:
-    """Who listens to what; no I/O. Listeners are held weakly: a dropped breaker goes away."""
+    """Who listens to what, and the connection's bookkeeping; no I/O.
+
+    Listeners are held weakly: a dropped breaker goes away by itself.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.listeners: dict[str, dict[str, weakref.WeakSet[Any]]] = {}
         self.decoders: dict[str, Decoder] = {}
         self.changed = True
+        self.idle_since = time.monotonic()
 
     def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> None:
         with self._lock:
@@ -46,10 +60,18 @@ class _Dispatch:
             by_tag.setdefault(tag, weakref.WeakSet()).add(listener)
             self.changed = True
 
-    def channels(self) -> list[str]:
+    def remove(self, channel: str, tag: str, listener: Listener) -> None:
+        with self._lock:
+            group = self.listeners.get(channel, {}).get(tag)
+            if group is not None:
+                group.discard(listener)
+
+    def channels_to_add(self, subscribed: set[str]) -> list[str]:
+        if not self.changed and subscribed:
+            return []
         with self._lock:
             self.changed = False
-            return list(self.listeners)
+            return [c for c in self.listeners if c not in subscribed]
 
     def deliver(self, channel: str, payload: bytes) -> None:
         decode = self.decoders.get(channel)
@@ -62,16 +84,30 @@ class _Dispatch:
         for listener in targets:
             listener.on_message(message)
 
-    def alive(self) -> bool:
-        """Whether any listener is still referenced (listeners are held weakly)."""
-        with self._lock:
-            return any(len(s) for by_tag in self.listeners.values() for s in by_tag.values())
-
     def reset_all(self) -> None:
         with self._lock:
             targets = [x for by_tag in self.listeners.values() for s in by_tag.values() for x in s]
         for listener in targets:
             listener.on_reset()
+
+    def idle(self) -> bool:
+        """True once no listener has been referenced for ``IDLE_EXIT`` seconds."""
+        with self._lock:
+            if any(len(s) for by_tag in self.listeners.values() for s in by_tag.values()):
+                self.idle_since = time.monotonic()
+                return False
+            return time.monotonic() - self.idle_since >= IDLE_EXIT
+
+    def handle(self, message: dict[str, Any] | None, connected: Any) -> None:
+        """One message from the connection: a confirmed subscription, or a payload."""
+        if message is None:
+            return
+        kind = message.get("type")
+        if kind == "subscribe":
+            connected.set()
+            self.reset_all()  # anything published before the subscription was missed
+        elif kind == "message":
+            self.deliver(_text(message["channel"]), message["data"])
 
 
 def _text(v: object) -> str:
@@ -93,14 +129,16 @@ class EventHub:
         self.dispatch.add(channel, tag, listener, decode)
         self._ensure_thread()
 
+    def remove(self, channel: str, tag: str, listener: Listener) -> None:
+        self.dispatch.remove(channel, tag, listener)
+
     def _ensure_thread(self) -> None:
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="redisbreaker-events", daemon=True
-                    )
-                    self._thread.start()
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="redisbreaker-events", daemon=True
+                )
+                self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -109,42 +147,37 @@ class EventHub:
             self.connected.clear()
             with self._start_lock:
                 self._thread = None
-            if self.dispatch.alive():  # a listener arrived while we were leaving
+            if not self.dispatch.idle():  # a listener arrived while we were leaving
                 self._ensure_thread()
 
     def _loop(self) -> None:
-        backoff = 0.05
+        attempt = 0
         while True:
-            pubsub = None
+            pubsub = self.client.pubsub()
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 subscribed: set[str] = set()
                 while True:
-                    if self.dispatch.changed or not subscribed:
-                        new = [c for c in self.dispatch.channels() if c not in subscribed]
-                        if new:
-                            pubsub.subscribe(*new)
-                            subscribed.update(new)
-                            if not self.connected.is_set():
-                                self.connected.set()
-                                backoff = 0.05
-                            # Anything published before the subscription was missed.
-                            self.dispatch.reset_all()
+                    new = self.dispatch.channels_to_add(subscribed)
+                    if new:
+                        pubsub.subscribe(*new)
+                        subscribed.update(new)
                     message = pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "message":
-                        self.dispatch.deliver(_text(message["channel"]), message["data"])
-                    elif not self.dispatch.alive():
-                        return  # every breaker using this hub is gone
+                    if message is not None and message.get("type") == "subscribe":
+                        attempt = 0
+                    self.dispatch.handle(message, self.connected)
+                    if message is None and self.dispatch.idle():
+                        return
             except Exception as exc:  # any error: the thread must survive and reconnect
                 self.connected.clear()
                 self.dispatch.reset_all()
+                if self.dispatch.idle():
+                    return
                 rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                time.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
             finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):  # a broken connection may fail to close
-                        pubsub.close()
+                with contextlib.suppress(Exception):  # a broken connection may fail to close
+                    pubsub.close()
 
 
 class AsyncEventHub:
@@ -161,41 +194,47 @@ class AsyncEventHub:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def remove(self, channel: str, tag: str, listener: Listener) -> None:
+        self.dispatch.remove(channel, tag, listener)
+
     async def _run(self) -> None:
-        backoff = 0.05
+        attempt = 0
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub()
             try:
                 subscribed: set[str] = set()
                 while True:
-                    if self.dispatch.changed or not subscribed:
-                        new = [c for c in self.dispatch.channels() if c not in subscribed]
-                        if new:
-                            await pubsub.subscribe(*new)
-                            subscribed.update(new)
-                            self.connected.set()
-                            backoff = 0.05
-                            self.dispatch.reset_all()
+                    new = self.dispatch.channels_to_add(subscribed)
+                    if new:
+                        await pubsub.subscribe(*new)
+                        subscribed.update(new)
                     message = await pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "message":
-                        self.dispatch.deliver(_text(message["channel"]), message["data"])
-                    elif not self.dispatch.alive():
+                    if message is not None and message.get("type") == "subscribe":
+                        attempt = 0
+                    self.dispatch.handle(message, self.connected)
+                    # No await between this check and returning: no listener slips in.
+                    if message is None and self.dispatch.idle():
+                        self.connected.clear()
                         return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any error: the task must survive and reconnect
                 self.connected.clear()
                 self.dispatch.reset_all()
+                if self.dispatch.idle():
+                    return
                 rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
             finally:
                 with contextlib.suppress(Exception):  # a broken connection may fail to close
                     await pubsub.aclose()
 
 
 _sync_hubs: weakref.WeakKeyDictionary[Any, EventHub] = weakref.WeakKeyDictionary()
-_async_hubs: weakref.WeakKeyDictionary[Any, AsyncEventHub] = weakref.WeakKeyDictionary()
+_async_hubs: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Any, AsyncEventHub]
+] = weakref.WeakKeyDictionary()
 _hubs_lock = threading.Lock()
 
 
@@ -209,8 +248,9 @@ def hub_for(client: Any) -> EventHub:
 
 
 def async_hub_for(client: Any) -> AsyncEventHub:
-    with _hubs_lock:
-        hub = _async_hubs.get(client)
-        if hub is None:
-            hub = _async_hubs[client] = AsyncEventHub(client)
-        return hub
+    """The running event loop's hub for ``client``."""
+    hubs = _async_hubs.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    hub = hubs.get(client)
+    if hub is None:
+        hub = hubs[client] = AsyncEventHub(client)
+    return hub

@@ -367,3 +367,31 @@ def test_construction_needs_no_redis() -> None:
     """A breaker can be built at import time, before any Redis is configured."""
     b = SharedBreaker("early", fail_max=1)
     assert "early" in repr(b)
+
+
+def test_breakers_and_transaction_waiters_share_one_subscriber(r: redis.Redis) -> None:
+    """One process, one client: breakers and waiters use a single pub/sub connection."""
+    import threading
+
+    from redisbreaker import Outcome, Transaction
+
+    client = redis.Redis(port=r.connection_pool.connection_kwargs["port"], client_name="one-sub")
+    b = make(client, fail_max=1)
+    b.call(ok)  # the breaker joins the hub
+    tx = Transaction.begin(2, timeout=30, client=client)
+    done: list[Outcome] = []
+    waiter = threading.Thread(target=lambda: done.append(tx.wait(10).outcome))
+    waiter.start()
+    assert wait_for(lambda: tx.tally().yes == 0 and _subscribers(r) == 1)
+    tx.vote(0, True)
+    tx.vote(1, True)
+    waiter.join(10)
+    assert done == [Outcome.COMMIT]
+    assert _subscribers(r) == 1
+
+
+def _subscribers(r: redis.Redis) -> int:
+    """Connections named 'one-sub' (this test's client) that hold subscriptions."""
+    return sum(
+        1 for c in r.client_list() if c.get("name") == "one-sub" and int(c.get("sub", 0)) > 0
+    )

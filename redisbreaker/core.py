@@ -120,6 +120,14 @@ class BreakerCore:
             return self.outage_admit(now)
         return None
 
+    def finish(
+        self, ticket: Ticket, exc: BaseException | None, duration: float
+    ) -> ScriptCall | None:
+        """What a finished call needs: nothing (counted locally) or one record call."""
+        if exc is None:
+            return self.fast_success(ticket, duration)
+        return self.outcome(ticket, exc, duration)
+
     def fast_success(self, ticket: Ticket, duration: float) -> ScriptCall | None:
         """Count a success locally if possible; else the record call to make."""
         slow = self.options.slow_call_duration

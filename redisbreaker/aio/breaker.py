@@ -71,11 +71,7 @@ class SharedBreaker(BreakerBase):
 
     async def _settle(self, ticket: Ticket, exc: BaseException | None, duration: float) -> None:
         core = self._core
-        call = (
-            core.fast_success(ticket, duration)
-            if exc is None
-            else core.outcome(ticket, exc, duration)
-        )
+        call = core.finish(ticket, exc, duration)
         if call is not None:
             try:
                 await self._run(call)

@@ -1,10 +1,10 @@
---! use: tx
+--! use: clock, msgpack, tx
 -- tx_abort: decide ROLLBACK from outside the votes (e.g. the launcher failed to send).
 -- KEYS: see lib/tx.lua (meta, votes, members, decision, claim, dispatched).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] reason.
 -- Reply: the tx view (the earlier decision if there was one); code "unknown".
 -- Atomic because the abort must not overwrite a decision made a moment earlier.
-local now = tx_now(ARGV[1])
+local now = now_ms(ARGV[1])
 if redis.call('EXISTS', KEYS[4]) == 0 then
   if redis.call('EXISTS', KEYS[1]) == 0 then
     return tx_view('unknown', now, '')

@@ -1,11 +1,11 @@
---! use: tx
+--! use: clock, msgpack, tx
 -- tx_ack: a participant reports its commit or rollback done; the last ack cleans up.
 -- KEYS: see lib/tx.lua (meta, votes, members, decision, claim, dispatched).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] participant.
 -- Reply: the tx view; code "unknown", "not_member" or "not_decided" (nothing to ack yet).
 -- Atomic because the ack count decides the cleanup: two last acks together must delete
 -- the tally exactly once, and an ack must never count twice.
-local now = tx_now(ARGV[1])
+local now = now_ms(ARGV[1])
 local p = ARGV[4]
 if redis.call('EXISTS', KEYS[4]) == 0 then
   if redis.call('EXISTS', KEYS[1]) == 0 then

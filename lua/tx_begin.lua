@@ -1,4 +1,4 @@
---! use: tx
+--! use: clock, msgpack, tx
 -- tx_begin: create a transaction's tally.
 -- KEYS: see lib/tx.lua (meta, votes, members, decision, claim, dispatched).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] n participants, [5] timeout ms,
@@ -8,7 +8,7 @@
 -- Reply: the tx view (lib/tx.lua); code "exists" if the id is taken (tally or tombstone).
 -- Atomic because the existence check and the creation must not interleave with a
 -- second begin of the same id, and the deadline must be set from the same clock read.
-local now = tx_now(ARGV[1])
+local now = now_ms(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
   return tx_view('exists', now, '')
 end

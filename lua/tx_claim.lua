@@ -1,4 +1,4 @@
---! use: tx
+--! use: clock, msgpack, tx
 -- tx_claim: take the right to dispatch the decided transaction's handlers.
 -- KEYS: see lib/tx.lua (meta, votes, members, decision, claim, dispatched).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] claim token, [5] lease ms.
@@ -8,7 +8,7 @@
 -- Atomic because only one process may hold the claim at a time (SET NX PX), and the
 -- claim must only be granted for a decided transaction with handlers still to send;
 -- a claimer that dies loses the claim when the lease runs out.
-local now = tx_now(ARGV[1])
+local now = now_ms(ARGV[1])
 if redis.call('EXISTS', KEYS[4]) == 0 then
   if redis.call('EXISTS', KEYS[1]) == 0 then
     return {'unknown', 0, 'pending', ''}

@@ -1,4 +1,4 @@
---! use: tx
+--! use: clock, msgpack, tx
 -- tx_dispatched: record that the claim holder sent these participants' handlers.
 -- KEYS: see lib/tx.lua (meta, votes, members, decision, claim, dispatched).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] claim token, [5] lease ms,

@@ -1,4 +1,4 @@
---! use: tx
+--! use: clock, msgpack, tx
 -- tx_vote: record one participant's vote and decide if it is decisive.
 -- KEYS: see lib/tx.lua (meta, votes, members, decision, claim, dispatched).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] participant, [5] "1" yes / "0" no,
@@ -8,7 +8,7 @@
 -- the first one: a participant cannot change its vote.
 -- Atomic because the first-vote-wins check, the count and the decision must see one
 -- state: two last votes arriving together must not both (or neither) decide.
-local now = tx_now(ARGV[1])
+local now = now_ms(ARGV[1])
 local p = ARGV[4]
 local m = redis.call('HMGET', KEYS[1], 'n', 'named')
 if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('SISMEMBER', KEYS[3], p) == 0 then

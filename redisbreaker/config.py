@@ -11,8 +11,10 @@ client that every object uses unless it is given ``client=``. Accepted URLs:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -21,9 +23,15 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.backoff import NoBackoff as AsyncNoBackoff
+from redis.retry import Retry
 
 from redisbreaker.errors import ConfigurationError
 from redisbreaker.keys import DEFAULT_PREFIX, validate_prefix
+
+logger = logging.getLogger("redisbreaker")
 
 ENV_URL = "REDISBREAKER_URL"
 ENV_PREFIX = "REDISBREAKER_PREFIX"
@@ -130,7 +138,10 @@ def client_from_url(url: str, **options: Any) -> SyncClient:
             **_credentials(parts),
             **options,
         )
-    return redis.Redis.from_url(url, **options)
+    options = {**options}
+    options.setdefault("retry", Retry(NoBackoff(), 0))
+    pool = redis.BlockingConnectionPool.from_url(url, **{**POOL_DEFAULTS, **options})
+    return redis.Redis(connection_pool=pool)
 
 
 def async_client_from_url(url: str, **options: Any) -> AsyncClient:
@@ -145,12 +156,22 @@ def async_client_from_url(url: str, **options: Any) -> AsyncClient:
             **_credentials(parts),
             **options,
         )
-    return redis.asyncio.Redis.from_url(url, **options)
+    options = {**options}
+    options.setdefault("retry", AsyncRetry(AsyncNoBackoff(), 0))
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, **{**POOL_DEFAULTS, **options})
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 # Every client we build gets bounded timeouts, so an unreachable Redis turns into an
 # error the outage policy can handle instead of a hung worker.
 CLIENT_DEFAULTS: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+
+# A standalone client we build waits for a free connection (up to ``timeout`` seconds)
+# instead of raising MaxConnectionsError when many threads share it, and never retries
+# inside redis-py: a retry multiplies the stall of an outage, and the library retries by
+# itself where a command is idempotent. A cluster client keeps redis-py's own retries,
+# which are how it follows a failover to a promoted replica.
+POOL_DEFAULTS: dict[str, Any] = {"max_connections": 100, "timeout": 10.0}
 
 
 class _Defaults:
@@ -239,3 +260,48 @@ def _reset_for_tests() -> None:
         _defaults.client = None
         _defaults.prefix = DEFAULT_PREFIX
         _defaults.options = {}
+
+
+def risky_client_settings(client: object) -> list[str]:
+    """What in a user-supplied client would stall calls during an outage (or ``[]``).
+
+    A client without a socket timeout hangs a call as long as Redis hangs; one that
+    retries inside redis-py multiplies the timeout by its retry count (``redis.Redis()``
+    retries 10 times by default). Cluster clients keep their retries: that is how
+    they follow a failover.
+    """
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return []
+    problems = []
+    if kwargs.get("socket_timeout") is None:
+        problems.append("no socket_timeout (a hung Redis blocks each call for as long as it hangs)")
+    retry = kwargs.get("retry")
+    retries = retry.get_retries() if retry is not None else 0
+    if retries:
+        problems.append(
+            f"retry with {retries} retries (each stalled call waits up to {retries + 1} socket "
+            "timeouts); pass retry=Retry(NoBackoff(), 0)"
+        )
+    return problems
+
+
+_warned_clients: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def warn_risky_client(client: object) -> None:
+    """Log one WARNING per client whose settings would stall calls during an outage."""
+    try:
+        if client in _warned_clients:
+            return
+        _warned_clients.add(client)
+    except TypeError:  # not weak-referenceable: check it every time it is bound
+        pass
+    problems = risky_client_settings(client)
+    if problems:
+        logger.warning(
+            "redisbreaker: the Redis client %r has %s; during an outage the first call of each "
+            "breaker stalls for that long",
+            client, "; and ".join(problems),
+        )  # fmt: skip

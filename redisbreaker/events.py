@@ -52,6 +52,8 @@ class _Dispatch:
         self.decoders: dict[str, Decoder] = {}
         self.changed = True
         self.idle_since = time.monotonic()
+        self._entries = 0
+        self._sweep_at = 64
 
     def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> None:
         with self._lock:
@@ -59,12 +61,38 @@ class _Dispatch:
             by_tag = self.listeners.setdefault(channel, {})
             by_tag.setdefault(tag, weakref.WeakSet()).add(listener)
             self.changed = True
+            self._entries += 1
+            if self._entries >= self._sweep_at:
+                self._sweep()
 
     def remove(self, channel: str, tag: str, listener: Listener) -> None:
         with self._lock:
-            group = self.listeners.get(channel, {}).get(tag)
+            by_tag = self.listeners.get(channel, {})
+            group = by_tag.get(tag)
             if group is not None:
                 group.discard(listener)
+                if not group:
+                    del by_tag[tag]  # an id nobody waits on any more costs nothing
+
+    def _sweep(self) -> None:
+        """Drop the tags whose listeners were all garbage-collected (lock held).
+
+        Runs when the number of adds since the last sweep doubles the live entries, so
+        its cost is amortised over the adds and memory stays proportional to the live
+        listeners, not to every name ever used.
+        """
+        live = 0
+        for by_tag in self.listeners.values():
+            for tag in [t for t, group in by_tag.items() if not group]:
+                del by_tag[tag]
+            live += len(by_tag)
+        self._entries = live
+        self._sweep_at = max(64, 2 * live)
+
+    def size(self) -> int:
+        """How many tags have an entry (for tests and metrics)."""
+        with self._lock:
+            return sum(len(by_tag) for by_tag in self.listeners.values())
 
     def channels_to_add(self, subscribed: set[str]) -> list[str]:
         if not self.changed and subscribed:
@@ -96,6 +124,7 @@ class _Dispatch:
             if any(len(s) for by_tag in self.listeners.values() for s in by_tag.values()):
                 self.idle_since = time.monotonic()
                 return False
+            self._sweep()
             return time.monotonic() - self.idle_since >= IDLE_EXIT
 
     def handle(self, message: dict[str, Any] | None, connected: Any) -> None:

@@ -1,15 +1,18 @@
-"""What the sync and asyncio breakers share: construction, listeners, event handling."""
+"""What the sync and asyncio breakers share: construction, binding, listeners, pickling."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypedDict, Unpack
 
 import redis
 
-from redisbreaker import config
-from redisbreaker.core import BreakerCore, decode_event, monotonic
+from redisbreaker import _fork, config, scripts
+from redisbreaker.core import BreakerCore, decode_event
 from redisbreaker.errors import ConfigurationError, StorageError
 from redisbreaker.keys import KeySpace, validate_name
 from redisbreaker.options import (
@@ -19,6 +22,7 @@ from redisbreaker.options import (
     OutagePolicy,
     Window,
 )
+from redisbreaker.outage import describe, is_outage
 from redisbreaker.state import State, Transition
 
 logger = logging.getLogger("redisbreaker")
@@ -26,8 +30,14 @@ logger = logging.getLogger("redisbreaker")
 StateListener = Callable[[State, State], None]
 TransitionListener = Callable[[Transition], None]
 
-# Redis errors that mean "the store is unreachable or refused": the outage policy applies.
+# What a script call can raise from redis-py or the socket; the core sorts outages
+# (the policy applies) from everything else (logged at ERROR).
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+SCRIPTS = ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot")
+
+# Redis versions below this lack commands the scripts use (and are not tested).
+MIN_REDIS = (6, 2)
 
 
 class BreakerSettings(TypedDict, total=False):
@@ -53,6 +63,17 @@ class BreakerSettings(TypedDict, total=False):
 
 
 KIND = "cb"
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(BreakerOptions))
+
+
+def options_from(settings: Mapping[str, Any]) -> BreakerOptions:
+    """``BreakerOptions(**settings)``, with an unknown name reported as such."""
+    unknown = sorted(set(settings) - set(_OPTION_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown breaker option {unknown[0]!r}; the options are: {', '.join(_OPTION_NAMES)}"
+        )
+    return BreakerOptions(**settings)
 
 
 class BreakerBase:
@@ -70,16 +91,33 @@ class BreakerBase:
         validate_name("breaker", name)
         if on_state_change is not None and not callable(on_state_change):
             raise ConfigurationError(f"on_state_change must be callable, got {on_state_change!r}")
-        self.options = BreakerOptions(**settings)  # type: ignore[arg-type]
+        self.options = options_from(settings)
+        self._settings = dict(settings)
+        self._raw_name = name
         self.name = name if isinstance(name, str) else name.decode("utf-8", "backslashreplace")
         keys = KeySpace.of(prefix if prefix is not None else config.default_prefix(), KIND, name)
         self._core = BreakerCore(self.name, self.options, keys)
         self._client = client
         self._on_state_change = on_state_change
         self._subscribers: list[TransitionListener] = []
+        self._bind_lock = threading.Lock()
+        self._scripts: dict[str, Any] | None = None
+        self._epoch = -1  # the fork epoch the binding was made in
+        self._tickets = self._new_ticket_store()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.options.on_outage.value}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Celery, multiprocessing's spawn and caches pickle objects that hold a breaker.
+        # It travels as its name, key prefix and options; the copy binds lazily, in its
+        # own process, to that process's default client (a client holds sockets and
+        # locks and cannot travel). Subscribers are this process's and stay here.
+        return (
+            _unpickle,
+            (type(self), self._raw_name, self._core.keys.prefix, self._settings,
+             self._on_state_change),
+        )  # fmt: skip
 
     @property
     def keys(self) -> list[str]:
@@ -93,9 +131,59 @@ class BreakerBase:
             raise ConfigurationError(f"subscribe() needs a callable, got {callback!r}")
         self._subscribers.append(callback)
 
-    # The pub/sub hub calls these (see redisbreaker/events.py).
+    # -- binding: once per process, on first use ------------------------------------------
+
+    def _bind(self) -> dict[str, Any]:
+        """The scripts on this breaker's client; the first use in a process (including a
+        forked child) also joins that process's pub/sub hub."""
+        bound = self._scripts
+        if bound is not None and self._epoch == _fork.epoch:
+            return bound
+        if self._epoch != _fork.epoch and bound is not None:
+            # In a forked child: the parent's locks may be held by threads that did not
+            # come along, and the parent's hub thread is gone.
+            self._bind_lock = threading.Lock()
+            self._core.reinit_after_fork()
+        with self._bind_lock:
+            if self._scripts is None or self._epoch != _fork.epoch:
+                client = self._client
+                if client is None:
+                    client = self._default_client()
+                else:
+                    config.warn_risky_client(client)
+                found = {name: scripts.for_client(client, name) for name in SCRIPTS}
+                self._client = client
+                self._join_hub(client)
+                self._epoch = _fork.epoch
+                self._scripts = found
+            return self._scripts
+
+    def _new_ticket_store(self) -> Any:
+        raise NotImplementedError
+
+    def _default_client(self) -> Any:
+        raise NotImplementedError
+
+    def _join_hub(self, client: Any) -> None:
+        raise NotImplementedError
+
+    def _server_checked(self, info: Mapping[str, Any] | None) -> None:
+        """Remember what ``INFO server`` said of this client's server (``None``: it could
+        not be read, e.g. an ACL without INFO: the scripts will tell)."""
+        _checked_clients[self._client] = None if info is None else server_problem(info)
+
+    def _server_refusal(self) -> StorageError | None:
+        """``None`` if the server is fine; an error to raise if it is unsupported."""
+        problem = _checked_clients.get(self._client)
+        return None if problem is None else StorageError(f"breaker {self.name!r}: {problem}")
+
+    def _unchecked(self) -> bool:
+        return self._client not in _checked_clients
+
+    # -- the pub/sub hub calls these (see redisbreaker/events.py) ---------------------------
+
     def on_message(self, message: Transition) -> None:
-        self._core.on_event(message, monotonic())
+        self._core.on_event(message, self._core.now())
         for callback in self._subscribers:
             _guarded(callback, message)
 
@@ -109,7 +197,35 @@ class BreakerBase:
     def _storage_error(self, exc: BaseException) -> StorageError:
         if isinstance(exc, redis.ResponseError):
             return self._core.wrap_response_error(exc)
-        return StorageError(f"breaker {self.name!r}: Redis unreachable: {type(exc).__name__}")
+        what = "Redis unreachable" if is_outage(exc) else "Redis error"
+        return StorageError(f"breaker {self.name!r}: {what}: {describe(exc)}")
+
+
+# Clients whose server version was checked, and what was wrong with it (None: fine).
+_checked_clients: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
+def server_problem(info: Mapping[str, Any]) -> str | None:
+    """Why a server (``INFO server``; a cluster client's reply per node) is unsupported."""
+    versions = [
+        str(v.get("redis_version", "")) for v in info.values() if isinstance(v, Mapping)
+    ] or [str(info.get("redis_version", ""))]
+    for version in versions:
+        try:
+            numbers = tuple(int(x) for x in version.split(".")[:2])
+        except ValueError:
+            continue  # not Redis (a compatible server): let the scripts tell
+        if numbers < MIN_REDIS:
+            needed = ".".join(map(str, MIN_REDIS))
+            return f"Redis {version} is not supported; redisbreaker needs Redis {needed} or later"
+    return None
+
+
+def _unpickle(
+    cls: type[BreakerBase], name: str | bytes, prefix: str, settings: dict[str, Any],
+    on_state_change: StateListener | None,
+) -> BreakerBase:  # fmt: skip
+    return cls(name, prefix=prefix, on_state_change=on_state_change, **settings)
 
 
 def _guarded(fn: Callable[..., object], *args: object) -> None:

@@ -9,17 +9,17 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from redisbreaker import config, scripts
+import redis
+
+from redisbreaker import config
 from redisbreaker._base import STORAGE_ERRORS, BreakerBase, decode
-from redisbreaker.core import ScriptCall, Ticket, monotonic
+from redisbreaker.core import SENDER_ROUNDS, ScriptCall, Ticket
 from redisbreaker.errors import StorageError
 from redisbreaker.events import hub_for
 from redisbreaker.state import Snapshot, View
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_SCRIPTS = ("breaker_admit", "breaker_record", "breaker_operate", "breaker_snapshot")
 
 
 class SharedBreaker(BreakerBase):
@@ -30,65 +30,100 @@ class SharedBreaker(BreakerBase):
     every option; all are keyword-only and validated here.
     """
 
-    _scripts: dict[str, Any] | None = None
     _tickets: threading.local
 
-    def _bind(self) -> dict[str, Any]:
-        # Resolved on first use, not at construction: breakers are often made at import
-        # time, before configure() runs, and construction must never touch Redis.
-        if self._scripts is None:
-            client = self._client if self._client is not None else config.default_client()
-            self._client = client
-            self._scripts = {name: scripts.register(client, name) for name in _SCRIPTS}
-            self._tickets = threading.local()
-            hub_for(client).add(self._core.channel, self._core.keys.tag, self, decode)
-        return self._scripts
+    def _new_ticket_store(self) -> threading.local:
+        return threading.local()
+
+    def _default_client(self) -> Any:
+        return config.default_client()
+
+    def _join_hub(self, client: Any) -> None:
+        hub_for(client).add(self._core.channel, self._core.keys.tag, self, decode)
+
+    # -- Redis I/O -------------------------------------------------------------------
 
     def _run(self, call: ScriptCall) -> View:
         script = self._bind()[call.script]
+        if self._unchecked():
+            self._check_server()
+        refusal = self._server_refusal()
+        if refusal is not None:
+            raise refusal
         try:
             reply = script(keys=self._core.key_list, args=call.args)
         except STORAGE_ERRORS as exc:
             raise self._storage_error(exc) from exc
-        view, transition = self._core.apply(reply, monotonic())
+        view, transition = self._core.apply(reply, self._core.now())
         self._notify(transition)
         return view
+
+    def _check_server(self) -> None:
+        try:
+            info = self._client.info("server")
+        except redis.ResponseError:
+            info = None  # e.g. an ACL without INFO
+        except STORAGE_ERRORS:
+            return  # unreachable: checked on a later call
+        self._server_checked(info)
+
+    def _exchange(self, call: ScriptCall) -> View:
+        """Run ``call``; if it holds the sender role, also send what queued behind it.
+        The role is handed back whatever happens."""
+        core = self._core
+        try:
+            view = self._run(call)
+        except StorageError as exc:
+            core.call_failed(call, exc)
+            raise
+        except BaseException:
+            core.abandoned(call)
+            raise
+        if call.sender:
+            self._send(core.sent())
+        return view
+
+    def _send(self, call: ScriptCall | None) -> None:
+        core = self._core
+        for rounds_left in range(SENDER_ROUNDS - 1, -1, -1):
+            if call is None:
+                return
+            try:
+                self._run(call)
+            except StorageError as exc:
+                core.call_failed(call, exc)
+                return
+            except BaseException:
+                core.abandoned(call)
+                raise
+            call = core.sent(keep=rounds_left > 0)
 
     # -- one call ------------------------------------------------------------------
 
     def _admit(self) -> Ticket:
         core = self._core
-        now = monotonic()
+        now = core.now()
         ticket = core.fast_admit(now)
         if ticket is not None:
             return ticket
-        call = core.sync_call()
+        call = core.admit_call()
         try:
-            view = self._run(call)
-        except StorageError as exc:
-            core.storage_failed(exc, now)
-            return core.outage_admit(now)
+            view = self._exchange(call)
+        except StorageError:
+            return core.outage_admit(core.now())
         return core.admit_result(view, call, now)
-
-    def _settle(self, ticket: Ticket, exc: BaseException | None, duration: float) -> None:
-        core = self._core
-        call = core.finish(ticket, exc, duration)
-        if call is not None:
-            try:
-                self._run(call)
-            except StorageError as err:
-                core.record_failed(call, err, monotonic())
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through the breaker."""
         ticket = self._admit()
-        start = monotonic()
+        now = self._core.now
+        start = now()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._settle(ticket, exc, monotonic() - start)
+            self._send(self._core.finish(ticket, exc, now() - start))
             raise
-        self._settle(ticket, None, monotonic() - start)
+        self._send(self._core.finish(ticket, None, now() - start))
         return result
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -109,37 +144,39 @@ class SharedBreaker(BreakerBase):
         stack = getattr(self._tickets, "stack", None)
         if stack is None:
             stack = self._tickets.stack = []
-        stack.append((ticket, monotonic()))
+        stack.append((ticket, self._core.now()))
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         ticket, start = self._tickets.stack.pop()
-        self._settle(ticket, exc, monotonic() - start)
+        self._send(self._core.finish(ticket, exc, self._core.now() - start))
 
     # -- shared state ---------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         """The shared state now (one round trip). Raises StorageError if Redis is down."""
-        return self._core.snapshot(self._run(self._core.snapshot_call()))
+        return self._core.snapshot(self._exchange(self._core.snapshot_call()))
 
     def sync(self) -> Snapshot:
-        """Flush locally counted successes and refresh the cached view now."""
-        return self._core.snapshot(self._run(self._core.sync_call()))
+        """Send this process's pending outcomes and refresh the cached view now.
+
+        Never takes a half-open permit: only an admitted call does."""
+        return self._core.snapshot(self._exchange(self._core.flush_call()))
 
     def force_open(self) -> Snapshot:
         """Open the breaker cluster-wide until :meth:`reset` (calls are refused)."""
-        return self._core.snapshot(self._run(self._core.operate_call("force_open")))
+        return self._core.snapshot(self._exchange(self._core.operate_call("force_open")))
 
     def open(self, seconds: float) -> Snapshot:
         """Open the breaker cluster-wide for ``seconds``; then it goes half-open as usual."""
-        return self._core.snapshot(self._run(self._core.operate_call("open", seconds)))
+        return self._core.snapshot(self._exchange(self._core.operate_call("open", seconds)))
 
     def disable(self) -> Snapshot:
         """Let every call through cluster-wide and record nothing, until :meth:`reset`."""
-        return self._core.snapshot(self._run(self._core.operate_call("disable")))
+        return self._core.snapshot(self._exchange(self._core.operate_call("disable")))
 
     def reset(self) -> Snapshot:
         """Close the breaker cluster-wide and clear its counts."""
-        return self._core.snapshot(self._run(self._core.operate_call("reset")))
+        return self._core.snapshot(self._exchange(self._core.operate_call("reset")))

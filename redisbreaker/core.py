@@ -9,13 +9,19 @@ one script call it names, and hand the reply back. The core keeps the cached vie
 * successes in the closed state are counted locally and flushed with the next
   script call: the next failure, the next slow call, the periodic sync when the
   view's lease ends, or when ``max_pending`` have piled up;
+* a process reports its outcomes to Redis in the order they completed: they queue in
+  an outbox, and one thread at a time (the *sender*) sends the whole queue in one
+  script call, so two threads' reports never overtake each other on the way;
 * a deadline arrives as "milliseconds remaining" and becomes a local monotonic
-  deadline, so no two hosts' clocks are compared.
+  deadline, so no two hosts' clocks are compared;
+* while Redis is unreachable, one caller per breaker probes it at most once per
+  ``OUTAGE_RETRY`` seconds; every other call applies the outage policy at once.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import socket
@@ -23,22 +29,30 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 
 from redisbreaker.errors import CircuitOpenError, CorruptStateError, StorageError
-from redisbreaker.keys import KeySpace, escape_tag
-from redisbreaker.model import BreakerModel
-from redisbreaker.options import BreakerOptions, OutagePolicy
-from redisbreaker.outage import BreakerUnavailableError, rate_limited
+from redisbreaker.keys import KeySpace
+from redisbreaker.model import BreakerModel, Entry
+from redisbreaker.options import BreakerOptions, OutagePolicy, open_seconds
+from redisbreaker.outage import BreakerUnavailableError, describe, is_outage, rate_limited
 from redisbreaker.state import Snapshot, State, Transition, Verdict, View
 
 monotonic = time.monotonic  # module-level so tests can replace the time source
 
-# While Redis is unreachable, try it again at most this often per breaker.
+logger = logging.getLogger("redisbreaker")
+
+# While Redis is unreachable, try it again at most this often per breaker and process.
 OUTAGE_RETRY = 1.0
+# A thread that holds the sender role sends at most this many batches in a row, then
+# leaves what queued meanwhile to the next thread that reports (its own work waits).
+SENDER_ROUNDS = 64
+# A Redis error that is not an outage (a bug or a misconfiguration) is logged at ERROR
+# at most this often per breaker and process, with a count of the ones in between.
+ERROR_LOG_INTERVAL = 5.0
 
 _origin_cache: tuple[int, str] | None = None
 
@@ -72,23 +86,29 @@ class ScriptCall:
     script: str
     args: list[Any]
     ticket_token: str = ""
-    outcome: str = ""  # for a record call: the outcome code, kept for the outage fallback
+    batch: tuple[Entry, ...] = ()  # the outcomes it reports, in completion order
+    sender: bool = False  # holds the sender role: the shell must hand it back (sent())
+
+
+def _flat(batch: Sequence[Entry]) -> list[Any]:
+    return [x for entry in batch for x in entry]
 
 
 class BreakerCore:
-    """Cached view, pending tallies and decisions of one breaker in one process."""
+    """Cached view, outbox and decisions of one breaker in one process."""
 
     def __init__(self, name: str, options: BreakerOptions, keys: KeySpace) -> None:
         self.name = name
         self.options = options
         self.keys = keys
-        self.key_list = [keys.key("s"), keys.key("p"), keys.key("b")]
+        self.key_list = [keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r")]
         self.channel = keys.channel()
         self.static_args = options.static_argv
+        self.now: Callable[[], float] = monotonic  # the local clock (tests drive it)
+        self.clock_override: Callable[[], int] | None = None  # Redis's clock (tests only)
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._prefix_cache: tuple[str, bytes] | None = None
-        self.clock_override: Callable[[], int] | None = None  # tests only
         # The cached view.
         self.view: View | None = None
         self.generation = -1
@@ -97,11 +117,30 @@ class BreakerCore:
         self.reject_state = State.OPEN
         self.open_deadline = 0.0  # monotonic deadline of the open period, for retry_after
         self.view_expires = 0.0
+        # Outcomes not yet sent: plain successes of the current generation are a count
+        # (the hot path only increments it); anything else queues in the outbox behind
+        # the successes that completed before it.
         self.pending = 0
         self.pending_gen = -1
+        self._outbox: list[Entry] = []
+        self._sending = False
+        self._flush_requested = False
         # Outage handling.
-        self.outage_until = 0.0
+        self.outage_since: float | None = None  # monotonic start of the current outage
+        self.outage_until = 0.0  # no probe of Redis before this
+        self._probing = False
+        self._outage_calls = 0
         self.local_model: BreakerModel | None = None
+        # Errors that are not outages, for snapshot() and the logs.
+        self.errors = 0
+        self.last_error: str | None = None
+        self._warned_settings: set[str] = set()
+
+    def reinit_after_fork(self) -> None:
+        """A forked child starts with fresh locks and no sender or probe in flight."""
+        self._lock = threading.Lock()
+        self._sending = self._probing = False
+        self.view_expires = 0.0
 
     # -- hot path ------------------------------------------------------------------
 
@@ -116,80 +155,155 @@ class BreakerCore:
                 return ticket
             if now < self.reject_until:
                 raise self._open_error(now)
-        if now < self.outage_until:
-            return self.outage_admit(now)
+        if self.outage_since is not None:
+            return self._outage_gate(now)
         return None
+
+    def _outage_gate(self, now: float) -> Ticket | None:
+        """During an outage: ``None`` for the one caller that probes Redis, else the policy."""
+        if now >= self.outage_until:
+            with self._lock:
+                probe = not self._probing
+                self._probing = True
+            if probe:
+                return None
+        self._outage_calls += 1
+        return self.outage_admit(now)
 
     def finish(
         self, ticket: Ticket, exc: BaseException | None, duration: float
     ) -> ScriptCall | None:
-        """What a finished call needs: nothing (counted locally) or one record call."""
+        """What a finished call needs: nothing (queued or counted locally) or a script
+        call that the shell must send (it then holds the sender role)."""
         if exc is None:
-            return self.fast_success(ticket, duration)
-        return self.outcome(ticket, exc, duration)
-
-    def fast_success(self, ticket: Ticket, duration: float) -> ScriptCall | None:
-        """Count a success locally if possible; else the record call to make."""
-        slow = self.options.slow_call_duration
-        if ticket.token or ticket.local or (slow is not None and duration > slow):
-            return self.outcome(ticket, None, duration)
-        if not ticket.record:
-            return None
-        with self._lock:
-            if ticket.generation != self.pending_gen:
-                return None  # its generation is gone; Redis would drop it too
-            self.pending += 1
-            if self.pending < self.options.max_pending:
-                return None
-        return self.sync_call()
-
-    # -- building script calls -------------------------------------------------------
-
-    def _event_prefix(self) -> bytes:
-        me = origin()
-        if self._prefix_cache is None or self._prefix_cache[0] != me:
-            head = b"\x96" + msgpack.packb(self.name) + msgpack.packb(me)
-            self._prefix_cache = (me, head)
-        return self._prefix_cache[1]
-
-    def config_args(self) -> list[Any]:
-        """ARGV[1..18] of every breaker script (see ``lua/lib/breaker.lua``)."""
-        clock = str(self.clock_override()) if self.clock_override else ""
-        return [clock, repr(random.random()), self.channel, self._event_prefix(), *self.static_args]
-
-    def _take_pending(self) -> tuple[int, int]:
-        with self._lock:
-            taken = (self.pending, self.pending_gen)
-            self.pending = 0
-            return taken
-
-    def _new_token(self) -> str:
-        return f"{origin()}:{next(self._tokens)}"
-
-    def sync_call(self) -> ScriptCall:
-        """The admit script call (also the periodic sync that flushes successes)."""
-        pending, pgen = self._take_pending()
-        token = self._new_token()
-        return ScriptCall("breaker_admit", [*self.config_args(), token, pending, pgen], token)
-
-    def outcome(
-        self, ticket: Ticket, exc: BaseException | None, duration: float
-    ) -> ScriptCall | None:
-        """The record call for a finished call, or ``None`` if nothing must be sent."""
-        code = self.options.outcome(exc, duration)
-        if ticket.local:
+            slow = self.options.slow_call_duration
+            code = "2" if slow is not None and duration > slow else "0"
+        else:
+            code = self.options.outcome(exc, duration)
+        if ticket.local or (ticket.record and self.outage_since is not None):
+            # Redis is known to be down: never stall on it; the stand-in (if any) counts.
             self._local_record(ticket, code)
             return None
         if not ticket.record or (code == "x" and not ticket.token):
             return None
-        pending, pgen = self._take_pending()
-        args = [*self.config_args(), ticket.token, pending, pgen, ticket.generation, code]
-        return ScriptCall("breaker_record", args, outcome=code)
+        with self._lock:
+            if code == "0" and not ticket.token:
+                if ticket.generation != self.pending_gen:
+                    return None  # its generation is gone; Redis would drop it too
+                self.pending += 1
+                if self.pending < self.options.max_pending or self._sending:
+                    return None
+            else:
+                self._queue_pending()
+                self._outbox.append((ticket.generation, code, 1, ticket.token))
+                if self._sending:
+                    return None  # the thread sending now sends this next, in order
+            return self._report_locked()
 
-    def operate_call(self, command: str, open_for: float = 0.0) -> ScriptCall:
+    # -- the outbox and the sender role ------------------------------------------------
+
+    def _queue_pending(self) -> None:
+        if self.pending:
+            self._outbox.append((self.pending_gen, "0", self.pending, ""))
+            self.pending = 0
+
+    def _take_locked(self) -> tuple[Entry, ...]:
+        self._queue_pending()
+        batch = tuple(self._outbox)
+        self._outbox = []
+        self._sending = bool(batch)
+        self._flush_requested = False
+        return batch
+
+    def _report_locked(self) -> ScriptCall:
+        batch = self._take_locked()
         return ScriptCall(
-            "breaker_operate", [*self.config_args(), command, max(1, round(open_for * 1000))]
+            "breaker_report", [*self.config_args(), *_flat(batch)], batch=batch, sender=True
         )
+
+    def sent(self, *, keep: bool = True) -> ScriptCall | None:
+        """The sender's call went through: the next batch to send, or ``None`` with the
+        role handed back. Successes alone wait for their usual flush; with
+        ``keep=False`` the role is handed back whatever is queued."""
+        with self._lock:
+            if keep and (
+                self._outbox
+                or (
+                    self.pending
+                    and (self._flush_requested or self.pending >= self.options.max_pending)
+                )
+            ):
+                return self._report_locked()
+            self._sending = False
+            return None
+
+    def send_failed(self, call: ScriptCall, exc: Exception) -> None:
+        """The sender's call failed: its outcomes (and what queued behind them) go to the
+        local stand-in under the ``local`` policy, and are dropped otherwise."""
+        with self._lock:
+            lost = [*call.batch, *self._outbox]
+            self._outbox = []
+            self.pending = 0
+            self._sending = False
+        self.storage_failed(exc, self.now())
+        if self.options.on_outage is OutagePolicy.LOCAL:
+            # The stand-in counts what met the outage. A run of successes resets its
+            # consecutive count once; replaying every one would only fill its window.
+            model = self._local()
+            batch = [(model.gen, code, 1, "") for _gen, code, _count, _token in lost]
+            model.report(self._local_args(), self._local_ms(), batch)
+
+    def abandoned(self, call: ScriptCall) -> None:
+        """A call was interrupted (cancelled, KeyboardInterrupt): release what it held."""
+        with self._lock:
+            if call.sender:
+                self._sending = False
+            self._probing = False
+
+    # -- building script calls -------------------------------------------------------
+
+    def _event_prefix(self) -> bytes:
+        # The event carries the exact key tag, so the receiver routes it to this
+        # breaker and no other (a decoded name can re-escape to another breaker's tag).
+        me = origin()
+        if self._prefix_cache is None or self._prefix_cache[0] != me:
+            head = b"\x97" + msgpack.packb(self.keys.tag) + msgpack.packb(self.name)
+            self._prefix_cache = (me, head + msgpack.packb(me))
+        return self._prefix_cache[1]
+
+    def config_args(self) -> list[Any]:
+        """ARGV[1..OP-1] of every breaker script (see ``lua/lib/breaker.lua``)."""
+        clock = str(self.clock_override()) if self.clock_override else ""
+        return [clock, repr(random.random()), self.channel, self._event_prefix(), *self.static_args]
+
+    def _new_token(self) -> str:
+        return f"{origin()}:{next(self._tokens)}"
+
+    def admit_call(self) -> ScriptCall:
+        """The admit script call for a call the cached view cannot decide. It also
+        carries the outbox when no other thread is sending."""
+        token = self._new_token()
+        with self._lock:
+            batch = () if self._sending else self._take_locked()
+        args = [*self.config_args(), token, *_flat(batch)]
+        return ScriptCall("breaker_admit", args, token, batch, sender=bool(batch))
+
+    def flush_call(self) -> ScriptCall:
+        """``sync()``: report what is pending and read the state. Never takes a permit."""
+        with self._lock:
+            if self._sending:
+                self._flush_requested = True  # the sender flushes it after its call
+                batch: tuple[Entry, ...] = ()
+            else:
+                batch = self._take_locked()
+        return ScriptCall(
+            "breaker_report", [*self.config_args(), *_flat(batch)], batch=batch,
+            sender=bool(batch),
+        )  # fmt: skip
+
+    def operate_call(self, command: str, open_for: float | None = None) -> ScriptCall:
+        ms = 0 if open_for is None else round(open_seconds(open_for, "open(seconds)") * 1000)
+        return ScriptCall("breaker_operate", [*self.config_args(), command, ms])
 
     def snapshot_call(self) -> ScriptCall:
         return ScriptCall("breaker_snapshot", self.config_args())
@@ -199,8 +313,11 @@ class BreakerCore:
     def apply(self, reply: Sequence[Any], now: float) -> tuple[View, Transition | None]:
         """Take a script's reply into the cached view; return it and any transition it made."""
         view = View.parse(reply)
-        self.outage_until = 0.0
-        self.local_model = None  # Redis is back: rejoin the shared state
+        if self.outage_since is not None:
+            self._recovered(now)
+        self.local_model = None  # Redis is reachable: rejoin the shared state
+        if view.other_settings:
+            self._settings_differ(view.other_settings)
         self._cache(view, now)
         transition = None
         if view.transitioned_from is not None:
@@ -265,7 +382,7 @@ class BreakerCore:
         )  # fmt: skip
         if event.new is State.HALF_OPEN:
             # Another process holds the trial; refuse locally until the next sync.
-            view = _with_wait(view, round(self.options.sync_interval * 1000))
+            view = replace(view, wait_ms=round(self.options.sync_interval * 1000))
         self._cache(view, now)
 
     def invalidate(self) -> None:
@@ -283,25 +400,59 @@ class BreakerCore:
             retry_after = self.options.reset_timeout  # a hint: forced open has no deadline
         return CircuitOpenError(self.name, round(retry_after, 3), state.value)
 
+    def _settings_differ(self, stored: str) -> None:
+        if stored in self._warned_settings:
+            return
+        self._warned_settings.add(stored)
+        logger.warning(
+            "breaker %r: another process uses different settings for this breaker (%s); "
+            "each script call applies its caller's settings, so the processes overrule "
+            "each other. Use the same settings everywhere.",
+            self.name, self.options.settings_difference(stored),
+        )  # fmt: skip
+
     # -- Redis unreachable ------------------------------------------------------------
 
-    def record_failed(self, call: ScriptCall, exc: Exception, now: float) -> None:
-        """A record call failed: under the ``local`` policy the stand-in still counts it."""
-        self.storage_failed(exc, now)
-        if self.options.on_outage is OutagePolicy.LOCAL and call.outcome:
-            model = self._local()
-            model.record(self._local_args(), _local_ms(), "", 0, -1, model.gen, call.outcome)
+    def call_failed(self, call: ScriptCall, exc: Exception) -> None:
+        """A script call failed: note it, and hand back the sender role if it held it."""
+        if call.sender:
+            self.send_failed(call, exc)
+        else:
+            self.storage_failed(exc, self.now())
 
     def storage_failed(self, exc: Exception, now: float) -> None:
-        """Note that a script call failed; the outage policy applies for a while."""
-        self.outage_until = now + OUTAGE_RETRY
+        """Note that a script call failed; ``now`` is read after the failure, so the next
+        probe waits ``OUTAGE_RETRY`` from when the failure was known, not from before
+        a socket timeout."""
         self.view_expires = 0.0
-        if isinstance(exc, CorruptStateError):
-            rate_limited.error(self.name, "breaker %r: %s", self.name, exc)
-        else:
+        with self._lock:
+            self._probing = False
+        if not is_outage(exc):
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}" if exc.__cause__ else describe(exc)
+            rate_limited.error(
+                f"{self.name}:error", "breaker %r: Redis error, not an outage (%s); this "
+                "call follows policy %s", self.name, self.last_error, self.options.on_outage.value,
+                interval=ERROR_LOG_INTERVAL,
+            )  # fmt: skip
+            return
+        self.outage_until = now + OUTAGE_RETRY
+        if self.outage_since is None:
+            self.outage_since = now
+            self._outage_calls = 0
             rate_limited.warning(
-                self.name, "breaker %r: Redis unreachable (%s); policy %s",
-                self.name, type(exc).__name__, self.options.on_outage.value,
+                self.name, "breaker %r: Redis unreachable (%s); policy %s until it is back",
+                self.name, describe(exc), self.options.on_outage.value,
+            )  # fmt: skip
+
+    def _recovered(self, now: float) -> None:
+        since = self.outage_since
+        self.outage_since = None
+        self._probing = False
+        if since is not None:
+            logger.info(
+                "breaker %r: Redis reachable again after %.1fs; %d calls followed policy %s",
+                self.name, now - since, self._outage_calls, self.options.on_outage.value,
             )  # fmt: skip
 
     def outage_admit(self, now: float) -> Ticket:
@@ -311,12 +462,15 @@ class BreakerCore:
         if policy is OutagePolicy.FAIL_CLOSED:
             raise BreakerUnavailableError(self.name, round(max(0.0, self.outage_until - now), 3))
         token = self._new_token()
-        view = self._local().admit(self._local_args(), _local_ms(), token, 0, -1)
+        view = self._local().admit(self._local_args(), self._local_ms(), token)
         if view.verdict is Verdict.REJECT:
             raise self._open_error(now, view.state, view.wait_ms / 1000.0)
         if view.state is State.DISABLED:
             return _UNRECORDED
         return Ticket(view.generation, token if view.verdict is Verdict.TRIAL else "", local=True)
+
+    def _local_ms(self) -> int:
+        return int(self.now() * 1000)
 
     def _local(self) -> BreakerModel:
         if self.local_model is None:
@@ -327,10 +481,15 @@ class BreakerCore:
         return self.options.argv(clock="", rand=random.random(), channel="", event_prefix=b"")
 
     def _local_record(self, ticket: Ticket, code: str) -> None:
-        model = self.local_model
-        if model is not None:
-            model.record(self._local_args(), _local_ms(), ticket.token, 0, -1,
-                         ticket.generation, code)  # fmt: skip
+        if ticket.local:
+            model = self.local_model
+            if model is not None:
+                batch = [(ticket.generation, code, 1, ticket.token)]
+                model.report(self._local_args(), self._local_ms(), batch)
+        elif self.options.on_outage is OutagePolicy.LOCAL:
+            # Admitted by the shared state just before the outage: the stand-in counts it.
+            model = self._local()
+            model.report(self._local_args(), self._local_ms(), [(model.gen, code, 1, "")])
 
     # -- errors ------------------------------------------------------------------------
 
@@ -341,32 +500,25 @@ class BreakerCore:
                 f"breaker {self.name!r}: a key under {self.key_list[0]!r} holds data this "
                 f"library did not write ({text.splitlines()[0][:200]})"
             )
-        return StorageError(f"breaker {self.name!r}: Redis error: {text[:200]}")
+        return StorageError(f"breaker {self.name!r}: Redis error: {describe(exc)}")
 
     def snapshot(self, view: View) -> Snapshot:
-        return Snapshot.from_view(self.name, view)
-
-
-def _with_wait(view: View, wait_ms: int) -> View:
-    from dataclasses import replace
-
-    return replace(view, wait_ms=wait_ms)
-
-
-def _local_ms() -> int:
-    return int(monotonic() * 1000)
+        return Snapshot.from_view(
+            self.name, view,
+            fingerprint=self.options.fingerprint(view.other_settings or None),
+            errors=self.errors, last_error=self.last_error,
+        )  # fmt: skip
 
 
 def decode_event(payload: bytes) -> tuple[str, Transition] | None:
     """Parse a breaker event published by ``transition()`` in ``lua/lib/breaker.lua``.
 
-    Returns the breaker's hash tag (to find its local objects) and the transition.
+    Returns the breaker's key tag (to find its local objects) and the transition.
     """
     try:
-        name, who, old, new, gen, remain = msgpack.unpackb(payload, raw=False)
-        return escape_tag(name), Transition(
-            name=name if isinstance(name, str) else name.decode("utf-8", "replace"),
-            old=State(old), new=State(new), generation=int(gen),
+        tag, name, who, old, new, gen, remain = msgpack.unpackb(payload, raw=False)
+        return str(tag), Transition(
+            name=str(name), old=State(old), new=State(new), generation=int(gen),
             retry_after=int(remain) / 1000.0, origin=str(who),
         )  # fmt: skip
     except (ValueError, TypeError, msgpack.UnpackException):

@@ -20,9 +20,13 @@ _SAFE = frozenset(
 )
 
 
+# The longest name, in bytes of its UTF-8 form (escaping can make the key 3x longer).
+MAX_NAME_BYTES = 1024
+
+
 def escape_tag(name: str | bytes) -> str:
     """Return the hash-tag body for ``name``: printable, brace-free and injective."""
-    raw = name.encode("utf-8", "surrogatepass") if isinstance(name, str) else bytes(name)
+    raw = name.encode("utf-8") if isinstance(name, str) else bytes(name)
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
 
 
@@ -30,10 +34,22 @@ def validate_name(kind: str, name: object) -> str | bytes:
     """Check a breaker's or transaction's name; return it unchanged."""
     if not isinstance(name, str | bytes):
         raise ConfigurationError(f"{kind} name must be str or bytes, got {name!r}")
-    if len(name) == 0:
+    if isinstance(name, str):
+        try:
+            raw = name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigurationError(
+                f"{kind} name {name[:100]!r} is not valid Unicode text ({exc.reason} at "
+                f"position {exc.start}); pass bytes for binary names"
+            ) from None
+    else:
+        raw = name
+    if len(raw) == 0:
         raise ConfigurationError(f"{kind} name must not be empty")
-    if len(name) > 1024:
-        raise ConfigurationError(f"{kind} name is {len(name)} long; the limit is 1024")
+    if len(raw) > MAX_NAME_BYTES:
+        raise ConfigurationError(
+            f"{kind} name is {len(raw)} bytes long in UTF-8; the limit is {MAX_NAME_BYTES}"
+        )
     return name
 
 

@@ -8,6 +8,7 @@ of their own; processes sharing a breaker should use the same settings.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,6 +149,10 @@ class BreakerOptions:
                 f"window must be CountWindow(size) or TimeWindow(seconds), got {self.window!r}"
             )
         _positive_int("minimum_calls", self.minimum_calls)
+        if isinstance(self.window, CountWindow) and self.window.size < self.minimum_calls:
+            # As resilience4j does: a window of N calls can never hold more than N, so
+            # the rate is judged once the window is full.
+            set_(self, "minimum_calls", self.window.size)
         for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
             value = getattr(self, name)
             if value is not None:
@@ -211,13 +216,23 @@ class BreakerOptions:
         return self.backoff.max * (1 + self.backoff.jitter)
 
     def outcome(self, exc: BaseException | None, duration: float) -> str:
-        """The outcome code a call's result maps to (see ``lua/lib/breaker.lua``)."""
+        """The outcome code a call's result maps to (see ``lua/lib/outcomes.lua``).
+
+        As in pybreaker, purgatory and resilience4j, an exception that ``record`` does
+        not match counts as a success; one that ``ignore`` matches counts as nothing.
+        An interruption that is not an ``Exception`` (cancellation, KeyboardInterrupt,
+        SystemExit) says nothing about the downstream: it counts as nothing too, so a
+        cancelled half-open trial never closes the breaker.
+        """
         slow = self.slow_call_duration is not None and duration > self.slow_call_duration
-        if exc is None:
-            return "2" if slow else "0"
-        if _matches(self.ignore, exc) or not _matches(self.record, exc):
-            return "x"
-        return "3" if slow else "1"
+        if exc is not None:
+            if _matches(self.ignore, exc):
+                return "x"
+            if _matches(self.record, exc):
+                return "3" if slow else "1"
+            if not isinstance(exc, Exception):
+                return "x"
+        return "2" if slow else "0"
 
     @functools.cached_property
     def static_argv(self) -> tuple[bytes, ...]:
@@ -244,9 +259,46 @@ class BreakerOptions:
         ]
         return tuple(str(f).encode() for f in fields)
 
+    @functools.cached_property
+    def settings_text(self) -> str:
+        """The settings every process sharing this breaker must agree on, as one string:
+        stored with the state, so a process with other settings is noticed."""
+        return ",".join(f.decode() for f in self.static_argv[:14])
+
+    def fingerprint(self, settings_text: str | None = None) -> str:
+        """A short stable id of ``settings_text`` (these options' by default)."""
+        text = self.settings_text if settings_text is None else settings_text
+        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:12]
+
+    def settings_difference(self, other: str) -> str:
+        """Name each shared setting where ``other`` (a stored settings text) differs."""
+        mine, theirs = self.settings_text.split(","), other.split(",")
+        if len(theirs) != len(mine):
+            return f"unreadable settings {other[:100]!r}"
+        return ", ".join(
+            f"{name}: here {a}, there {b}"
+            for name, a, b in zip(_SHARED_NAMES, mine, theirs, strict=True)
+            if a != b
+        )
+
     def argv(self, *, clock: str, rand: float, channel: str, event_prefix: bytes) -> list[Any]:
         """ARGV[1..18] of every breaker script, in the order ``lua/lib/breaker.lua`` reads."""
         return [clock, repr(rand), channel, event_prefix, *self.static_argv]
+
+
+def open_seconds(value: object, name: str = "seconds") -> float:
+    """Validate how long an operator opens a breaker (or pauses a queue) for."""
+    return _number(name, value, low=0.001, high=MAX_OPEN_SECONDS)
+
+
+MAX_OPEN_SECONDS = 365 * 86_400.0
+
+# The shared settings in the order of ``static_argv``, as a person would name them.
+_SHARED_NAMES = (
+    "fail_max", "window kind", "window size", "minimum_calls", "failure_rate_threshold",
+    "slow_call_rate_threshold", "reset_timeout", "backoff.multiplier", "backoff.max",
+    "backoff.jitter", "half_open_permits", "trial_lease", "success_threshold", "ttl",
+)  # fmt: skip
 
 
 def _ms(seconds: float) -> int:

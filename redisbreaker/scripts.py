@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+import weakref
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -43,6 +45,25 @@ def source(name: str) -> str:
 
 class _Registrar(Protocol):
     def register_script(self, script: str) -> Any: ...
+
+
+_registered: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_registered_lock = threading.Lock()
+
+
+def for_client(client: _Registrar, name: str) -> Any:
+    """Script ``name`` registered on ``client`` once, shared by every object using it
+    (registering hashes the source: tens of microseconds, not to be paid per object)."""
+    try:
+        return _registered[client][name]
+    except KeyError:
+        pass
+    with _registered_lock:
+        by_name = _registered.setdefault(client, {})
+        script = by_name.get(name)
+        if script is None:
+            script = by_name[name] = register(client, name)
+        return script
 
 
 def register(client: _Registrar, name: str) -> Any:

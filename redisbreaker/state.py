@@ -42,6 +42,7 @@ class View:
     trips: int
     transitioned_from: State | None
     verdict: Verdict
+    other_settings: str = ""  # the stored settings, when another process's differ from ours
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> View:
@@ -62,7 +63,12 @@ class View:
             int(reply[8]),
             _STATES[old] if old else None,
             _VERDICTS[reply[10]],
+            _text(reply[11]) if len(reply) > 11 else "",
         )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _STATES: dict[Any, State] = {**{s.value: s for s in State}, **{s.value.encode(): s for s in State}}
@@ -91,9 +97,15 @@ class Snapshot:
     consecutive_failures: int
     retry_after: float
     trips: int
+    fingerprint: str = ""  # of the settings stored with the state (the last writer's)
+    errors: int = 0  # Redis errors that were not outages, seen by this process's object
+    last_error: str | None = None  # the latest of them, ``Class: message``
 
     @classmethod
-    def from_view(cls, name: str, view: View) -> Snapshot:
+    def from_view(
+        cls, name: str, view: View, *, fingerprint: str = "", errors: int = 0,
+        last_error: str | None = None,
+    ) -> Snapshot:  # fmt: skip
         return cls(
             name=name,
             state=view.state,
@@ -105,6 +117,9 @@ class Snapshot:
             consecutive_failures=view.consecutive_failures,
             retry_after=view.wait_ms / 1000.0,
             trips=view.trips,
+            fingerprint=fingerprint,
+            errors=errors,
+            last_error=last_error,
         )
 
 

@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from redisbreaker import config, scripts
+import redis
+
+from redisbreaker import config
 from redisbreaker._base import STORAGE_ERRORS, BreakerBase, decode
-from redisbreaker.core import ScriptCall, Ticket, monotonic
+from redisbreaker.core import SENDER_ROUNDS, ScriptCall, Ticket
 from redisbreaker.errors import StorageError
 from redisbreaker.events import async_hub_for
 from redisbreaker.state import Snapshot, View
@@ -18,76 +20,107 @@ from redisbreaker.state import Snapshot, View
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_SCRIPTS = ("breaker_admit", "breaker_record", "breaker_operate", "breaker_snapshot")
-
 
 class SharedBreaker(BreakerBase):
     """The asyncio twin of :class:`redisbreaker.SharedBreaker`.
 
     Takes a ``redis.asyncio`` client (``client=``) or builds one from the configured
     URL. ``await breaker.call(coro_fn, ...)``, ``@breaker`` on a coroutine function,
-    or ``async with breaker:``.
+    or ``async with breaker:``. Same options, same signature.
     """
 
-    _scripts: dict[str, Any] | None = None
+    _tickets: contextvars.ContextVar[tuple[tuple[Ticket, float], ...]]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tickets: contextvars.ContextVar[tuple[tuple[Ticket, float], ...]] = (
-            contextvars.ContextVar(f"redisbreaker-{id(self)}", default=())
-        )
+    def _new_ticket_store(self) -> contextvars.ContextVar[tuple[tuple[Ticket, float], ...]]:
+        return contextvars.ContextVar(f"redisbreaker-{id(self)}", default=())
 
-    def _bind(self) -> dict[str, Any]:
-        if self._scripts is None:
-            client = self._client if self._client is not None else config.default_async_client()
-            self._client = client
-            self._scripts = {name: scripts.register(client, name) for name in _SCRIPTS}
-            async_hub_for(client).add(self._core.channel, self._core.keys.tag, self, decode)
-        return self._scripts
+    def _default_client(self) -> Any:
+        return config.default_async_client()
+
+    def _join_hub(self, client: Any) -> None:
+        async_hub_for(client).add(self._core.channel, self._core.keys.tag, self, decode)
+
+    # -- Redis I/O (the sync shell's loops, with await) ---------------------------------
 
     async def _run(self, call: ScriptCall) -> View:
         script = self._bind()[call.script]
+        if self._unchecked():
+            await self._check_server()
+        refusal = self._server_refusal()
+        if refusal is not None:
+            raise refusal
         try:
             reply = await script(keys=self._core.key_list, args=call.args)
         except STORAGE_ERRORS as exc:
             raise self._storage_error(exc) from exc
-        view, transition = self._core.apply(reply, monotonic())
+        view, transition = self._core.apply(reply, self._core.now())
         self._notify(transition)
         return view
 
-    async def _admit(self) -> Ticket:
+    async def _check_server(self) -> None:
+        try:
+            info = await self._client.info("server")
+        except redis.ResponseError:
+            info = None
+        except STORAGE_ERRORS:
+            return
+        self._server_checked(info)
+
+    async def _exchange(self, call: ScriptCall) -> View:
         core = self._core
-        now = monotonic()
-        ticket = core.fast_admit(now)
-        if ticket is not None:
-            return ticket
-        call = core.sync_call()
         try:
             view = await self._run(call)
         except StorageError as exc:
-            core.storage_failed(exc, now)
-            return core.outage_admit(now)
-        return core.admit_result(view, call, now)
+            core.call_failed(call, exc)
+            raise
+        except BaseException:
+            core.abandoned(call)
+            raise
+        if call.sender:
+            await self._send(core.sent())
+        return view
 
-    async def _settle(self, ticket: Ticket, exc: BaseException | None, duration: float) -> None:
+    async def _send(self, call: ScriptCall | None) -> None:
         core = self._core
-        call = core.finish(ticket, exc, duration)
-        if call is not None:
+        for rounds_left in range(SENDER_ROUNDS - 1, -1, -1):
+            if call is None:
+                return
             try:
                 await self._run(call)
-            except StorageError as err:
-                core.record_failed(call, err, monotonic())
+            except StorageError as exc:
+                core.call_failed(call, exc)
+                return
+            except BaseException:
+                core.abandoned(call)
+                raise
+            call = core.sent(keep=rounds_left > 0)
+
+    async def _admit(self) -> Ticket:
+        core = self._core
+        now = core.now()
+        ticket = core.fast_admit(now)
+        if ticket is not None:
+            return ticket
+        call = core.admit_call()
+        try:
+            view = await self._exchange(call)
+        except StorageError:
+            return core.outage_admit(core.now())
+        return core.admit_result(view, call, now)
+
+    # -- one call ------------------------------------------------------------------
 
     async def call(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn(*args, **kwargs)`` through the breaker."""
         ticket = await self._admit()
-        start = monotonic()
+        now = self._core.now
+        start = now()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            await self._settle(ticket, exc, monotonic() - start)
+            await self._send(self._core.finish(ticket, exc, now() - start))
             raise
-        await self._settle(ticket, None, monotonic() - start)
+        await self._send(self._core.finish(ticket, None, now() - start))
         return result
 
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -101,7 +134,7 @@ class SharedBreaker(BreakerBase):
 
     async def __aenter__(self) -> SharedBreaker:
         ticket = await self._admit()
-        self._tickets.set((*self._tickets.get(), (ticket, monotonic())))
+        self._tickets.set((*self._tickets.get(), (ticket, self._core.now())))
         return self
 
     async def __aexit__(
@@ -109,28 +142,32 @@ class SharedBreaker(BreakerBase):
     ) -> None:
         *rest, (ticket, start) = self._tickets.get()
         self._tickets.set(tuple(rest))
-        await self._settle(ticket, exc, monotonic() - start)
+        await self._send(self._core.finish(ticket, exc, self._core.now() - start))
+
+    # -- shared state ---------------------------------------------------------------
 
     async def snapshot(self) -> Snapshot:
         """The shared state now (one round trip). Raises StorageError if Redis is down."""
-        return self._core.snapshot(await self._run(self._core.snapshot_call()))
+        return self._core.snapshot(await self._exchange(self._core.snapshot_call()))
 
     async def sync(self) -> Snapshot:
-        """Flush locally counted successes and refresh the cached view now."""
-        return self._core.snapshot(await self._run(self._core.sync_call()))
+        """Send this process's pending outcomes and refresh the cached view now.
+
+        Never takes a half-open permit: only an admitted call does."""
+        return self._core.snapshot(await self._exchange(self._core.flush_call()))
 
     async def force_open(self) -> Snapshot:
         """Open the breaker cluster-wide until :meth:`reset`."""
-        return self._core.snapshot(await self._run(self._core.operate_call("force_open")))
+        return self._core.snapshot(await self._exchange(self._core.operate_call("force_open")))
 
     async def open(self, seconds: float) -> Snapshot:
         """Open the breaker cluster-wide for ``seconds``; then it goes half-open as usual."""
-        return self._core.snapshot(await self._run(self._core.operate_call("open", seconds)))
+        return self._core.snapshot(await self._exchange(self._core.operate_call("open", seconds)))
 
     async def disable(self) -> Snapshot:
         """Let every call through cluster-wide and record nothing, until :meth:`reset`."""
-        return self._core.snapshot(await self._run(self._core.operate_call("disable")))
+        return self._core.snapshot(await self._exchange(self._core.operate_call("disable")))
 
     async def reset(self) -> Snapshot:
         """Close the breaker cluster-wide and clear its counts."""
-        return self._core.snapshot(await self._run(self._core.operate_call("reset")))
+        return self._core.snapshot(await self._exchange(self._core.operate_call("reset")))

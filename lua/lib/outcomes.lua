@@ -1,0 +1,46 @@
+-- Outcomes a process reports, applied in the order they completed. Used by
+-- breaker_report and breaker_admit after `--! use: clock, msgpack, breaker`.
+--
+-- A batch is ARGV[first..], in runs of four: the generation the calls were admitted in,
+-- the outcome code ('0' success, '1' failure, '2' slow success, '3' slow failure,
+-- 'x' ignored), how many calls, and the half-open permit token ('' unless a trial).
+-- A process queues its outcomes and sends them one batch at a time, so the shared
+-- consecutive count sees them in the order they really completed, across threads.
+-- redisbreaker/model.py `_apply_batch` is the same in Python.
+
+local CODES = { ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, x = 1 }
+
+-- nil if the batch is well formed, else the error text. Called before any write.
+local function check_batch(first)
+  if (#ARGV - first + 1) % 4 ~= 0 then
+    return 'ERR breaker batch: ' .. (#ARGV - first + 1) .. ' arguments, not runs of 4'
+  end
+  for i = first, #ARGV, 4 do
+    local gen, m = tonumber(ARGV[i]), tonumber(ARGV[i + 2])
+    if not gen or not m or m < 1 or m ~= math.floor(m) or not CODES[ARGV[i + 1]] then
+      return 'ERR breaker batch: bad run ' .. ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2]
+    end
+  end
+  return nil
+end
+
+-- An outcome of an older generation is dropped (its state is gone), but its permit
+-- is still handed back.
+local function apply_batch(s, first, now)
+  for i = first, #ARGV, 4 do
+    local gen, code, m, token = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+    if token ~= '' then redis.call('ZREM', P, token) end
+    if gen == s.gen and code ~= 'x' then
+      if s.st == 'closed' then
+        record_closed(s, code, m, now)
+      elseif s.st == 'half_open' and token ~= '' then
+        if is_fail(code) then
+          transition(s, 'open', now)
+        else
+          s.hs = s.hs + 1
+          if s.hs >= cfg.succ then transition(s, 'closed', now) end
+        end
+      end
+    end
+  end
+end

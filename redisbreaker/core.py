@@ -226,13 +226,8 @@ class BreakerCore:
         role handed back. Successes alone wait for their usual flush; with
         ``keep=False`` the role is handed back whatever is queued."""
         with self._lock:
-            if keep and (
-                self._outbox
-                or (
-                    self.pending
-                    and (self._flush_requested or self.pending >= self.options.max_pending)
-                )
-            ):
+            flush = self._flush_requested or self.pending >= self.options.max_pending
+            if keep and (self._outbox or (self.pending and flush)):
                 return self._report_locked()
             self._sending = False
             return None

@@ -1,42 +1,58 @@
 --! use: clock, msgpack, tx
 -- tx_vote: record one participant's vote and decide if it is decisive.
--- KEYS: see lib/tx.lua (meta, votes, members, decision, claim, dispatched).
+-- KEYS[1]: the transaction's hash (see lib/tx.lua).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] participant, [5] "1" yes / "0" no,
 --       [6] reason (text, "" if none).
--- Reply: the tx view; code "unknown" (no such transaction) or "not_member" (the set is
--- named and the participant is not in it). my_vote is the vote on record, which is
--- the first one: a participant cannot change its vote.
+-- Reply: the tx view; {"unknown"} (no such transaction), {"not_member"} (the set is
+-- named and the participant is not in it), {"corrupt", field, value}, {"noperm", ...}.
+-- my_vote is the vote on record, which is the first one: a participant cannot change
+-- its vote, so the same vote sent again (a retry after a lost reply) changes nothing.
 -- Atomic because the first-vote-wins check, the count and the decision must see one
 -- state: two last votes arriving together must not both (or neither) decide.
-local now = now_ms(ARGV[1])
-local p = ARGV[4]
-local m = redis.call('HMGET', KEYS[1], 'n', 'named')
-if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('SISMEMBER', KEYS[3], p) == 0 then
-  return tx_view('not_member', now, p)
+local now, err = tx_now(ARGV[1])
+if err then
+  return err
 end
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  return tx_view('ok', now, p)
+local p, ok = ARGV[4], ARGV[5]
+if ok ~= '1' and ok ~= '0' then
+  return {'bad_arg', 'ok', ok}
 end
-if not m[1] then
-  return tx_view('unknown', now, p)
+local s, e = tx_load()
+if e then
+  return e
 end
-if tx_check_deadline(now) then
-  return tx_view('ok', now, p)
+if not s then
+  return {'unknown'}
 end
-if redis.call('HSETNX', KEYS[2], p, ARGV[5]) == 1 then
-  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
-  if ARGV[5] == '1' then
-    local yes = redis.call('HINCRBY', KEYS[1], 'yes', 1)
-    if yes >= tonumber(m[1]) then
-      tx_decide('commit', 'votes', '', string.format('all %d participants voted yes', yes), now)
+e = tx_participant(s, p)
+if e then
+  return e
+end
+if not s.member then
+  return {'not_member'}
+end
+tx_notice_deadline(s, now)
+if s.outcome == 'pending' and s.my_vote == '' then
+  s.my_vote = ok
+  tx_set(s, 'v:' .. p, ok)
+  if ok == '1' then
+    s.yes = s.yes + 1
+    tx_set(s, 'yes', s.yes)
+    if s.yes >= s.n then
+      tx_decide(s, 'commit', 'votes', '', string.format('all %d participants voted yes', s.yes), now)
     end
   else
-    redis.call('HINCRBY', KEYS[1], 'no', 1)
+    s.no = s.no + 1
+    tx_set(s, 'no', s.no)
     local text = ARGV[6]
     if text == '' then
       text = 'voted no'
     end
-    tx_decide('rollback', 'vote', p, text, now)
+    tx_decide(s, 'rollback', 'vote', p, text, now)
   end
 end
-return tx_view('ok', now, p)
+e = tx_write(s)
+if e then
+  return e
+end
+return tx_view('ok', s, now)

@@ -4,12 +4,15 @@ The script that decides a transaction PUBLISHes the decision (msgpack) on the
 prefix's channel. Waiters register under their transaction id with the hub of their
 client: the same single connection per process and client that breakers use, so a
 process with a thousand waiting participants holds one extra Redis connection, not a
-thousand, and nobody polls.
+thousand, and nobody polls. A waiter holds no pooled connection while it sleeps; its
+occasional status read borrows one for a single short command.
 
 A message can be missed while the subscription is (re)made. The waiter closes that
 race: it registers first, then reads the status once; when the server confirms the
 subscription (or the connection drops) the hub tells every waiter to read the status
-again; and a waiter always reads it once more at its own timeout.
+again; and a waiter always reads it once more at its own timeout. A waiter always
+leaves the hub (also on error or cancellation), so an id nobody waits on costs
+nothing there.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ from redisbreaker._txcore import Decision, parse_message
 # How long a waiter waits for the subscription to be confirmed before it falls back
 # to reading the status on a short period (degraded, but never stuck).
 READY_TIMEOUT = 2.0
-# The fallback period when the subscription is not confirmed.
-DEGRADED_STEP = 0.5
 
 
 def _decode(payload: bytes) -> tuple[str, Decision] | None:
@@ -40,11 +41,13 @@ def _decode(payload: bytes) -> tuple[str, Decision] | None:
 class Waiter:
     """One waiter's mailbox: the published decision, or a request to read again.
 
-    ``event`` is a ``threading.Event`` for threads or an ``asyncio.Event`` for a loop.
+    ``event`` is a ``threading.Event`` for threads or an ``asyncio.Event`` for a loop;
+    ``ready`` is the hub's event, set while its subscription is confirmed.
     """
 
     tx_id: str
     event: Any
+    ready: Any
     decision: Decision | None = None
     recheck: bool = False
 
@@ -70,16 +73,12 @@ class Hub:
         self.events = events.hub_for(client)
         self.channel = channel
 
-    @property
-    def ready(self) -> threading.Event:
-        return self.events.connected
-
     @contextlib.contextmanager
     def waiting(self, tx_id: str) -> Iterator[Waiter]:
         """Register a waiter for ``tx_id`` and wait (bounded) for the subscription."""
-        waiter = Waiter(tx_id, threading.Event())
-        self.events.add(self.channel, tx_id, waiter, _decode)
+        waiter = Waiter(tx_id, threading.Event(), self.events.connected)
         try:
+            self.events.add(self.channel, tx_id, waiter, _decode)
             self.events.connected.wait(READY_TIMEOUT)
             yield waiter
         finally:
@@ -93,15 +92,11 @@ class AsyncHub:
         self.events = events.async_hub_for(client)
         self.channel = channel
 
-    @property
-    def ready(self) -> asyncio.Event:
-        return self.events.connected
-
     @contextlib.asynccontextmanager
     async def waiting(self, tx_id: str) -> AsyncIterator[Waiter]:
-        waiter = Waiter(tx_id, asyncio.Event())
-        self.events.add(self.channel, tx_id, waiter, _decode)
+        waiter = Waiter(tx_id, asyncio.Event(), self.events.connected)
         try:
+            self.events.add(self.channel, tx_id, waiter, _decode)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.events.connected.wait(), READY_TIMEOUT)
             yield waiter

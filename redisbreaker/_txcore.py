@@ -1,42 +1,94 @@
 """The transaction's pure core: validation, script arguments, reply parsing, next step.
 
 No I/O happens here. :mod:`redisbreaker.transaction` (threads) and
-:mod:`redisbreaker.aio.transaction` (asyncio) are thin shells that send what this
-module builds and hand the replies back to it, so the two never differ in logic.
+:mod:`redisbreaker.aio.transaction` (asyncio) are thin shells: they run a *plan*
+from this module in a short loop (``plan.next()`` says: call this script, sleep this
+long, or done), send what it asks for and hand the replies, errors and wake-ups back
+to it, so the two never differ in logic.
+
+Every transaction script is idempotent (a vote, ack or claim sent twice counts once),
+so a call whose fate is unknown (timeout, dropped connection, Redis restarting) is
+sent again, with backoff, until it gets an answer or its budget runs out: the
+transaction's deadline plus a grace. Only then does it raise
+:class:`TransactionUnavailableError`; a call is never reported failed while it may
+have happened.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
+import logging
 import math
+import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgpack
+import redis.exceptions as rx
 
 from redisbreaker.errors import (
     ConfigurationError,
     CorruptStateError,
     NotAParticipantError,
     NotDecidedError,
+    RedisBreakerError,
+    StorageError,
+    TransactionError,
     TransactionExistsError,
+    TransactionInDoubtError,
+    TransactionUnavailableError,
     UnknownTransactionError,
 )
 from redisbreaker.keys import KeySpace
+from redisbreaker.scripts import source
+
+logger = logging.getLogger("redisbreaker")
+
+T = TypeVar("T")
 
 KIND = "tx"
-# How long a decision (the tombstone) is kept after it is made, unless told otherwise.
+# How long a decision is kept after it is made, unless told otherwise.
 DEFAULT_KEEP = 7 * 24 * 3600.0
-# Margin added to a waiter's own timeout at the deadline, so the final status read
-# lands after the server's deadline even with a little clock drift between us and it.
+# How long after the transaction's deadline a call keeps retrying an unreachable Redis
+# (or, while the deadline is not known yet, after the call started). Long enough for a
+# restart or a failover; a participant gives up being sure of the decision only then.
+DEFAULT_GRACE = 30.0
+# Upper bounds, so a value Redis cannot hold exactly never reaches it.
+MAX_TIMEOUT = 366 * 24 * 3600.0
+MAX_KEEP = 10 * 366 * 24 * 3600.0
+MAX_ID_LENGTH = 1024
+# Margin added to a waiter's wake-up at the deadline, so the final status read lands
+# after the server's deadline even with a little clock drift between us and it.
 DEADLINE_MARGIN_MS = 20
 # How long a dispatcher holds the claim before another process may take it over.
 DEFAULT_CLAIM_LEASE_MS = 30_000
+# Retry backoff after an error: exponential from BASE to CAP seconds, with jitter so a
+# fleet reconnecting after a restart does not arrive in one burst.
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 1.0
+# A waiter never reads the status again sooner than this after a read that found the
+# transaction pending; the floor doubles with each such read (up to BACKOFF_CAP).
+MIN_POLL = 0.02
+# While the pub/sub subscription is not confirmed, waiters read the status this often.
+DEGRADED_STEP = 0.5
 
 ParticipantId = str | int
 ClockMs = Callable[[], int]
+
+SCRIPT_NAMES = (
+    "tx_begin",
+    "tx_vote",
+    "tx_status",
+    "tx_abort",
+    "tx_ack",
+    "tx_claim",
+    "tx_dispatched",
+)
 
 
 class Outcome(enum.Enum):
@@ -49,7 +101,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Tally:
-    """The votes so far; readable at any time (after cleanup, as of the decision)."""
+    """The votes so far; readable at any time (after the decision, as they ended)."""
 
     participants: int
     yes: int
@@ -130,11 +182,41 @@ class Claim:
         return self.code == "done"
 
 
-# --- validation -------------------------------------------------------------------
+# --- validation (at the API edge, once) ---------------------------------------------
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _utf8(what: str, text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"{what} must be valid UTF-8 text, got {text!r}") from None
+    return text
+
+
+def tx_id(value: object) -> str:
+    """A transaction id as the one ``str`` used everywhere (keys, messages, waiters).
+
+    ``bytes`` are accepted and decoded here, so a waiter registered under the id and
+    the decision published for it always match.
+    """
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"transaction id must be UTF-8 text, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"transaction id must be a str or bytes, got {value!r}")
+    if not value:
+        raise ConfigurationError("transaction id must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise ConfigurationError(
+            f"transaction id is {len(value)} long; the limit is {MAX_ID_LENGTH}"
+        )
+    return _utf8("transaction id", value)
 
 
 def participant_id(participant: object) -> str:
@@ -144,7 +226,9 @@ def participant_id(participant: object) -> str:
     text = str(participant)
     if not text:
         raise ConfigurationError("participant must not be empty")
-    return text
+    if len(text) > MAX_ID_LENGTH:
+        raise ConfigurationError(f"participant is {len(text)} long; the limit is {MAX_ID_LENGTH}")
+    return _utf8("participant", text)
 
 
 def validate_participants(participants: object) -> tuple[int, tuple[str, ...]]:
@@ -154,6 +238,8 @@ def validate_participants(participants: object) -> tuple[int, tuple[str, ...]]:
     if isinstance(participants, int):
         if participants < 1:
             raise ConfigurationError(f"participants must be >= 1, got {participants}")
+        if participants > 10**9:
+            raise ConfigurationError(f"participants must be <= 10**9, got {participants}")
         return participants, ()
     if isinstance(participants, str | bytes) or not isinstance(participants, Sequence):
         raise ConfigurationError(
@@ -168,39 +254,106 @@ def validate_participants(participants: object) -> tuple[int, tuple[str, ...]]:
     return len(names), names
 
 
-def timeout_ms(timeout: object, what: str = "timeout") -> int:
-    """Seconds (int or float) to whole milliseconds; must be positive and finite."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ConfigurationError(f"{what} must be a number of seconds, got {timeout!r}")
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise ConfigurationError(f"{what} must be > 0 seconds, got {timeout!r}")
-    return max(math.ceil(timeout * 1000), 1)
+def seconds(value: object, what: str = "timeout", maximum: float = MAX_TIMEOUT) -> float:
+    """A positive, finite number of seconds no larger than ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{what} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{what} must be > 0 seconds, got {value!r}")
+    if value > maximum:
+        raise ConfigurationError(f"{what} must be <= {maximum:.0f} seconds, got {value!r}")
+    return float(value)
+
+
+def timeout_ms(timeout: object, what: str = "timeout", maximum: float = MAX_TIMEOUT) -> int:
+    """Seconds (int or float) to whole milliseconds; see :func:`seconds`."""
+    return max(math.ceil(seconds(timeout, what, maximum) * 1000), 1)
+
+
+def vote_flag(ok: object) -> str:
+    """``"1"`` or ``"0"``; anything but a real bool is refused ("no" is truthy)."""
+    if not isinstance(ok, bool):
+        raise ConfigurationError(f"ok must be True or False, got {ok!r}")
+    return "1" if ok else "0"
 
 
 def reason_text(reason: object) -> str:
+    """The reason as text that always encodes; never raises (a no vote must be sent)."""
     if reason is None:
         return ""
-    if isinstance(reason, BaseException):
-        return f"{type(reason).__name__}: {reason}"[:4096]
-    return str(reason)[:4096]
+    try:
+        if isinstance(reason, BaseException):
+            text = f"{type(reason).__name__}: {reason}"
+        else:
+            text = str(reason)
+    except Exception:  # a broken __str__ must not stop the vote it explains
+        text = type(reason).__name__
+    return text[:4096].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-# --- script calls -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BeginSettings:
+    n: int
+    names: tuple[str, ...]
+    timeout_ms: int
+    keep_ms: int
+    payload: bytes
+    hint: str
+
+
+def begin_settings(
+    participants: object, timeout: object, keep: object, payload: object, hint: object
+) -> BeginSettings:
+    """Validate ``begin``'s arguments before anything is sent."""
+    n, names = validate_participants(participants)
+    if not isinstance(payload, bytes):
+        raise ConfigurationError(f"payload must be bytes, got {type(payload).__name__}")
+    if not isinstance(hint, str):
+        raise ConfigurationError(f"timeout_hint must be a str, got {hint!r}")
+    return BeginSettings(
+        n,
+        names,
+        timeout_ms(timeout),
+        timeout_ms(keep, "keep", MAX_KEEP),
+        payload,
+        reason_text(hint),
+    )
+
+
+# --- scripts and keys ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One script's text and SHA, computed once per process (not per handle)."""
+
+    name: str
+    text: bytes
+    sha: str
+
+
+@functools.cache
+def script(name: str) -> Script:
+    text = source(name).encode("utf-8")
+    return Script(name, text, hashlib.sha1(text).hexdigest())
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The keys and channel of one transaction (all under one hash tag)."""
+    """The one key and the channel of one transaction."""
 
     tx_id: str
-    keys: tuple[str, ...]
+    key: str
     channel: str
 
     @classmethod
     def of(cls, prefix: str, tx_id: str) -> Keys:
         ks = KeySpace.of(prefix, KIND, tx_id)
-        parts = ("meta", "votes", "members", "decision", "claim", "dispatched")
-        return cls(tx_id, tuple(ks.key(p) for p in parts), ks.channel())
+        return cls(tx_id, ks.key("state"), ks.channel())
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,)
 
     def args(self, clock: ClockMs | None, *rest: object) -> list[Any]:
         """The shared ARGV head (clock override, channel, id) followed by ``rest``."""
@@ -216,14 +369,9 @@ def begin_args(
     keep: int,
     payload: bytes,
     hint: str,
+    token: str,
 ) -> list[Any]:
-    return keys.args(clock, n, timeout, keep, payload, hint, *names)
-
-
-def vote_args(
-    keys: Keys, clock: ClockMs | None, participant: str, ok: bool, reason: str
-) -> list[Any]:
-    return keys.args(clock, participant, "1" if ok else "0", reason)
+    return keys.args(clock, n, timeout, keep, payload, hint, token, *names)
 
 
 # --- replies ------------------------------------------------------------------------
@@ -235,72 +383,109 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _int(value: Any) -> int:
+def _int(tx: str, what: str, value: Any, low: int = 0, high: int = 2**53) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | bytes | str):
+        raise CorruptStateError(f"transaction {tx!r}: {what} is {value!r}, not a number")
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise CorruptStateError(
-            f"transaction reply holds {value!r} where a number was expected"
-        ) from None
+        number = int(value)
+    except ValueError:
+        raise CorruptStateError(f"transaction {tx!r}: {what} is {value!r}, not a number") from None
+    if not low <= number <= high:
+        raise CorruptStateError(f"transaction {tx!r}: {what} is {number}, out of range")
+    return number
 
 
-def parse_view(tx_id: str, reply: Any, participant: str | None = None) -> Decision:
-    """Turn a tx script's view reply into a :class:`Decision`, raising on error codes."""
-    if not isinstance(reply, list | tuple) or len(reply) != 14:
-        raise CorruptStateError(f"transaction {tx_id!r}: unexpected script reply {reply!r}")
-    code = _text(reply[0])
+def _refusal(tx: str, code: str, reply: Sequence[Any], participant: str | None) -> Exception:
+    """The error for a script's refusal code (nothing was written when it refused)."""
+    detail = [_text(x) for x in reply[1:3]]
     if code == "unknown":
-        raise UnknownTransactionError(
-            f"transaction {tx_id!r} is unknown: never begun, or its decision has expired"
+        return UnknownTransactionError(
+            f"transaction {tx!r} is unknown: never begun, or its decision has expired"
         )
     if code == "not_member":
-        raise NotAParticipantError(
-            f"participant {participant!r} is not one of transaction {tx_id!r}'s participants"
+        return NotAParticipantError(
+            f"participant {participant!r} is not one of transaction {tx!r}'s participants"
         )
     if code == "exists":
-        raise TransactionExistsError(f"transaction {tx_id!r} already exists")
+        return TransactionExistsError(f"transaction {tx!r} already exists")
     if code == "not_decided":
-        raise NotDecidedError(
-            f"transaction {tx_id!r} has no decision yet; ack only after commit or rollback"
+        return NotDecidedError(
+            f"transaction {tx!r} has no decision yet; ack only after commit or rollback"
         )
+    if code == "corrupt" and len(detail) == 2:
+        return CorruptStateError(
+            f"transaction {tx!r}: field {detail[0]!r} holds {detail[1]!r}; this library did "
+            "not write that, so the transaction is left as it is (nothing decided)"
+        )
+    if code == "noperm" and len(detail) == 2:
+        return StorageError(
+            f"transaction {tx!r}: Redis refused {detail[0]} ({detail[1]}); the user needs "
+            "that permission; nothing was written"
+        )
+    if code == "bad_arg" and len(detail) == 2:
+        return ConfigurationError(f"transaction {tx!r}: {detail[0]} {detail[1]!r} is invalid")
+    return CorruptStateError(f"transaction {tx!r}: unexpected script reply {list(reply)!r}")
+
+
+def _code(tx: str, reply: Any) -> str:
+    if not isinstance(reply, list | tuple) or not reply:
+        raise CorruptStateError(f"transaction {tx!r}: unexpected script reply {reply!r}")
+    return _text(reply[0])
+
+
+def parse_view(tx: str, reply: Any, participant: str | None = None) -> Decision:
+    """Turn a tx script's view reply into a :class:`Decision`, raising on refusals."""
+    code = _code(tx, reply)
     if code != "ok":
-        raise CorruptStateError(f"transaction {tx_id!r}: unexpected reply code {code!r}")
+        raise _refusal(tx, code, reply, participant)
+    if len(reply) != 14:
+        raise CorruptStateError(f"transaction {tx!r}: unexpected script reply {reply!r}")
     outcome_text = _text(reply[1])
     try:
         outcome = Outcome(outcome_text)
     except ValueError:
-        raise CorruptStateError(f"transaction {tx_id!r} holds outcome {outcome_text!r}") from None
+        raise CorruptStateError(f"transaction {tx!r} holds outcome {outcome_text!r}") from None
+    n = _int(tx, "participants", reply[6], 1)
     tally = Tally(
-        participants=_int(reply[6]),
-        yes=_int(reply[7]),
-        no=_int(reply[8]),
-        acked=_int(reply[9]),
-        deadline_ms=_int(reply[10]),
-        now_ms=_int(reply[11]),
+        participants=n,
+        yes=_int(tx, "yes", reply[7], 0, n),
+        no=_int(tx, "no", reply[8], 0, n),
+        acked=_int(tx, "acked", reply[9], 0, n),
+        deadline_ms=_int(tx, "deadline", reply[10]),
+        now_ms=_int(tx, "server time", reply[11]),
     )
     my_vote = _text(reply[12])
+    if my_vote not in ("", "0", "1"):
+        raise CorruptStateError(f"transaction {tx!r}: vote on record is {my_vote!r}")
     decided = outcome is not Outcome.PENDING
     who = _text(reply[3])
     return Decision(
-        tx_id=tx_id,
+        tx_id=tx,
         outcome=outcome,
         tally=tally,
         reason=_text(reply[4]) if decided else None,
         reason_kind=_text(reply[2]) if decided else None,
         participant=who or None,
-        decided_at_ms=_int(reply[5]) if decided else None,
+        decided_at_ms=_int(tx, "decided at", reply[5]) if decided else None,
         vote=None if my_vote == "" else my_vote == "1",
-        acked=bool(_int(reply[13])),
+        acked=bool(_int(tx, "acked flag", reply[13], 0, 1)),
     )
+
+
+def parse_begin(tx: str, token: str, reply: Any) -> Decision | None:
+    """The view of a new transaction; ``None`` when an earlier try of this begin made it."""
+    if _code(tx, reply) == "exists" and len(reply) > 1 and _text(reply[1]) == token:
+        return None
+    return parse_view(tx, reply)
 
 
 def parse_message(data: bytes) -> Decision | None:
     """A published decision (msgpack array) as a :class:`Decision`; None if malformed."""
     try:
         items = msgpack.unpackb(data, raw=False)
-        tx_id, outcome, kind, who, text, at, n, yes, no, deadline = items
+        tx, outcome, kind, who, text, at, n, yes, no, deadline = items
         return Decision(
-            tx_id=str(tx_id),
+            tx_id=str(tx),
             outcome=Outcome(outcome),
             tally=Tally(int(n), int(yes), int(no), 0, int(deadline), int(at)),
             reason=str(text),
@@ -312,42 +497,432 @@ def parse_message(data: bytes) -> Decision | None:
         return None
 
 
-def parse_claim(tx_id: str, reply: Any) -> Claim:
-    if not isinstance(reply, list | tuple) or len(reply) < 4:
-        raise CorruptStateError(f"transaction {tx_id!r}: unexpected claim reply {reply!r}")
-    code = _text(reply[0])
+def parse_claim(tx: str, reply: Any) -> Claim:
+    code = _code(tx, reply)
+    if code not in ("ok", "done", "not_decided", "unknown"):
+        raise _refusal(tx, code, reply, None)
     if code == "unknown":
-        raise UnknownTransactionError(f"transaction {tx_id!r} is unknown")
+        raise _refusal(tx, code, reply, None)
+    if len(reply) < 4:
+        raise CorruptStateError(f"transaction {tx!r}: unexpected claim reply {reply!r}")
     payload = reply[3] if isinstance(reply[3], bytes) else _text(reply[3]).encode()
+    try:
+        outcome = Outcome(_text(reply[2]))
+    except ValueError:
+        raise CorruptStateError(f"transaction {tx!r}: claim reply {reply!r}") from None
     return Claim(
         code=code,
-        granted=bool(_int(reply[1])),
-        outcome=Outcome(_text(reply[2])),
+        granted=bool(_int(tx, "granted", reply[1], 0, 1)),
+        outcome=outcome,
         payload=payload,
         pending=tuple(_text(p) for p in reply[4:]),
     )
 
 
-# --- what to do next ----------------------------------------------------------------
+def parse_dispatched(tx: str, reply: Any) -> tuple[bool, bool]:
+    if isinstance(reply, list | tuple) and len(reply) == 2 and not isinstance(reply[0], bytes):
+        return bool(_int(tx, "held", reply[0], 0, 1)), bool(_int(tx, "done", reply[1], 0, 1))
+    raise _refusal(tx, _code(tx, reply), reply, None)
 
 
-def wait_step(decision: Decision, until_ms: int | None) -> float | None:
-    """How long (seconds) a waiter should sleep on its event before reading again.
+# --- errors from redis-py -----------------------------------------------------------
 
-    ``None`` means stop: the transaction is decided, or the caller's own time limit
-    (``until_ms``, in the same server-clock terms as the tally) has run out. A waiter
-    with no limit of its own sleeps until just after the deadline, where its status
-    read decides ROLLBACK if nobody else has.
+# Errors after which the same idempotent call is simply sent again: the connection
+# dropped or timed out (the command may or may not have run), the pool had no free
+# connection, the server is loading or failing over.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    OSError,
+    rx.ClusterError,
+    rx.TryAgainError,
+    rx.ReadOnlyError,
+    rx.RedisClusterException,
+)
+# ConnectionError subclasses that retrying cannot fix.
+_REFUSED: tuple[type[BaseException], ...] = (
+    rx.AuthenticationError,
+    rx.AuthorizationError,
+    rx.ExternalAuthProviderError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _REFUSED):
+        return False
+    if isinstance(exc, rx.ResponseError) and str(exc).startswith(("BUSY", "LOADING")):
+        return True
+    return isinstance(exc, _TRANSIENT)
+
+
+def storage_error(tx: str, what: str, exc: BaseException) -> StorageError:
+    """The library's error for a redis-py error that retrying cannot fix."""
+    text = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+    where = f"transaction {tx!r}: {what}"
+    if isinstance(exc, rx.ResponseError) and "WRONGTYPE" in text:
+        return CorruptStateError(f"{where}: its key holds data this library did not write ({text})")
+    if isinstance(exc, rx.OutOfMemoryError):
+        return StorageError(f"{where}: Redis is out of memory (maxmemory); nothing was written")
+    if isinstance(exc, rx.NoPermissionError):
+        return StorageError(f"{where}: the Redis user lacks a permission ({text})")
+    if isinstance(exc, _REFUSED):
+        return StorageError(f"{where}: Redis refused the connection's credentials ({text})")
+    return StorageError(f"{where}: Redis error ({type(exc).__name__}: {text})")
+
+
+# --- plans: what the shells do next -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Send ``script`` with ``args`` (KEYS are the transaction's key)."""
+
+    script: Script
+    args: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Sleep ``seconds``; a waiting plan wants to be woken early by its waiter."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    value: T
+
+
+@dataclass
+class Context:
+    """What one handle learns across calls: the transaction's deadline (local clock)."""
+
+    tx_id: str
+    grace: float
+    deadline_at: float | None = None  # time.monotonic() terms
+
+    def learn(self, decision: Decision, now: float) -> None:
+        self.deadline_at = now + decision.tally.remaining_ms / 1000
+
+    def give_up_at(self, started: float) -> float:
+        """Retry until the deadline (once known) or the call's start, plus the grace."""
+        known = self.deadline_at if self.deadline_at is not None else started
+        return max(started, known) + self.grace
+
+
+def backoff(attempt: int) -> float:
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 16)) * random.uniform(0.5, 1.0)
+
+
+class Plan(Generic[T]):
+    """The interface the shells drive."""
+
+    def next(self, now: float, ready: bool = True) -> Call | Sleep | Done[T]:
+        raise NotImplementedError
+
+    def replied(self, reply: Any, now: float) -> None:
+        raise NotImplementedError
+
+    def failed(self, exc: Exception, now: float) -> None:
+        raise NotImplementedError
+
+    def woke(self, published: Decision | None, now: float) -> None:
+        """After a sleep: the decision the hub delivered meanwhile, if any."""
+
+
+class Request(Plan[T]):
+    """One idempotent script call, sent again after a transient error until answered.
+
+    Gives up at the context's budget (the deadline plus the grace) or ``until`` (a
+    caller's own timeout), raising :class:`TransactionUnavailableError`.
     """
-    if decision.decided:
-        return None
-    now = decision.tally.now_ms
-    wake = decision.tally.deadline_ms + DEADLINE_MARGIN_MS
-    if until_ms is not None:
-        if now >= until_ms:
-            return None
-        wake = min(wake, until_ms)
-    return max(wake - now, 1) / 1000.0
+
+    def __init__(
+        self,
+        ctx: Context,
+        what: str,
+        call: Call,
+        parse: Callable[[Any], T],
+        now: float,
+        *,
+        participant: str | None = None,
+        until: float | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.what = what
+        self.call = call
+        self.parse = parse
+        self.started = now
+        self.participant = participant
+        self.until = until
+        self.attempts = 0
+        self.retry_at: float | None = None
+        self.result: Done[T] | None = None
+        self.last_known: Decision | None = None
+
+    def next(self, now: float, ready: bool = True) -> Call | Sleep | Done[T]:
+        if self.result is not None:
+            return self.result
+        if self.retry_at is not None and now < self.retry_at:
+            return Sleep(self.retry_at - now)
+        return self.call
+
+    def replied(self, reply: Any, now: float) -> None:
+        value = self.parse(reply)
+        if isinstance(value, Decision):
+            self.ctx.learn(value, now)
+        self.result = Done(value)
+
+    def failed(self, exc: Exception, now: float) -> None:
+        if isinstance(exc, RedisBreakerError):
+            raise exc
+        if not isinstance(exc, rx.RedisError | OSError | rx.RedisClusterException):
+            raise exc  # not a storage problem: a bug must show as itself
+        if not is_transient(exc):
+            raise storage_error(self.ctx.tx_id, self.what, exc) from exc
+        give_up = self.ctx.give_up_at(self.started)
+        if self.until is not None:
+            give_up = min(give_up, self.until)
+        if now >= give_up:
+            raise self.unavailable(exc, now) from exc
+        self.retry_at = min(now + backoff(self.attempts), give_up)
+        self.attempts += 1
+
+    def unavailable(self, exc: Exception, now: float) -> TransactionUnavailableError:
+        why = (
+            "its own timeout"
+            if self.until is not None and now >= self.until
+            else (
+                f"the transaction's deadline plus {self.ctx.grace:g}s"
+                if self.ctx.deadline_at is not None
+                else f"{self.ctx.grace:g}s (the deadline was never read)"
+            )
+        )
+        return TransactionUnavailableError(
+            f"transaction {self.ctx.tx_id!r}: {self.what}: Redis did not answer "
+            f"({type(exc).__name__}: {exc}) in {self.attempts + 1} tries over "
+            f"{now - self.started:.1f}s, until {why}; whether it happened is unknown",
+            tx_id=self.ctx.tx_id,
+            participant=self.participant,
+            last_known=self.last_known,
+        )
+
+
+class Waiting(Plan[Decision]):
+    """Learn the decision: a first call (vote or status), then sleep and re-read.
+
+    Between reads the waiter sleeps until just after the deadline or its own
+    ``until``, woken early by the hub's published decision (done) or its request to
+    re-read (after a reconnect). Reads that find the transaction pending are spaced
+    by a growing floor, so nothing (a corrupt deadline, a flapping hub) can make a
+    waiter poll fast. A read that fails is retried like any :class:`Request`.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        first: Request[Decision],
+        read: Callable[[float], Request[Decision]],
+        now: float,
+        until: float | None,
+    ) -> None:
+        self.ctx = ctx
+        self.request: Request[Decision] | None = first
+        self.read = read
+        self.until = until
+        self.final: Done[Decision] | None = None
+        self.last: Decision | None = None
+        self.last_read = now
+        self.wake_at = now
+        self.pending_reads = 0
+
+    def next(self, now: float, ready: bool = True) -> Call | Sleep | Done[Decision]:
+        if self.final is not None:
+            return self.final
+        if self.request is not None:
+            step = self.request.next(now)
+            assert not isinstance(step, Done)  # replied() takes the result
+            return step
+        floor = min(MIN_POLL * 2.0 ** min(self.pending_reads - 1, 16), BACKOFF_CAP)
+        target = self.wake_at
+        if not ready:
+            target = min(target, self.last_read + DEGRADED_STEP)
+        target = max(target, self.last_read + floor)
+        if self.until is not None:
+            target = min(target, self.until)
+        if now < target:
+            return Sleep(target - now)
+        self.request = self.read(now)
+        self.request.last_known = self.last
+        return self.request.next(now)
+
+    def replied(self, reply: Any, now: float) -> None:
+        assert self.request is not None
+        self.request.replied(reply, now)
+        assert self.request.result is not None
+        decision = self.request.result.value
+        self.request = None
+        self.last = decision
+        self.last_read = now
+        if decision.decided or (self.until is not None and now >= self.until):
+            self.final = Done(decision)
+            return
+        self.pending_reads += 1
+        self.wake_at = now + (decision.tally.remaining_ms + DEADLINE_MARGIN_MS) / 1000
+
+    def failed(self, exc: Exception, now: float) -> None:
+        assert self.request is not None
+        self.request.failed(exc, now)
+
+    def woke(self, published: Decision | None, now: float) -> None:
+        if published is not None:
+            self.ctx.learn(published, now)
+            self.final = Done(published)
+            self.request = None
+        elif self.request is None:
+            # Woken without a decision: the hub asks for a re-read (or the sleep ran
+            # out); next() still keeps the floor between reads.
+            self.wake_at = min(self.wake_at, now)
+
+
+# --- the handle's calls, shared by both shells --------------------------------------
+
+MAX_GRACE = 24 * 3600.0
+
+
+class TxBase:
+    """State and plan builders of a transaction handle; the shells add only the I/O."""
+
+    id: str
+    _keys: Keys
+    _ctx: Context
+    # Tests replace this with a virtual clock (ms); None means the server's TIME.
+    _clock_ms: ClockMs | None
+
+    def _setup(self, tx: object, prefix: str, grace: object) -> None:
+        self.id = tx_id(tx)
+        self._keys = Keys.of(prefix, self.id)
+        self._ctx = Context(self.id, seconds(grace, "grace", MAX_GRACE))
+        self._clock_ms = None
+
+    def _request(
+        self,
+        what: str,
+        name: str,
+        rest: Sequence[object],
+        parse: Callable[[Any], T],
+        now: float,
+        participant: str | None = None,
+        until: float | None = None,
+    ) -> Request[T]:
+        call = Call(script(name), self._keys.args(self._clock_ms, *rest))
+        return Request(self._ctx, what, call, parse, now, participant=participant, until=until)
+
+    def _begin_plan(
+        self,
+        n: int,
+        names: Sequence[str],
+        timeout: int,
+        keep: int,
+        payload: bytes,
+        hint: str,
+        now: float,
+    ) -> Request[Decision | None]:
+        token = new_id()
+        call = Call(
+            script("tx_begin"),
+            begin_args(self._keys, self._clock_ms, n, names, timeout, keep, payload, hint, token),
+        )
+        # A begin is worth retrying only while the transaction could still be used.
+        return Request(
+            self._ctx,
+            "begin",
+            call,
+            functools.partial(parse_begin, self.id, token),
+            now,
+            until=now + timeout / 1000,
+        )
+
+    def _vote_plan(
+        self, participant: object, ok: object, reason: object, now: float, until: float | None
+    ) -> Request[Decision]:
+        p = participant_id(participant)
+        rest = (p, vote_flag(ok), reason_text(reason))
+        parse = functools.partial(parse_view, self.id, participant=p)
+        return self._request(f"vote of {p!r}", "tx_vote", rest, parse, now, p, until)
+
+    def _status_plan(
+        self, participant: str | None, now: float, until: float | None = None
+    ) -> Request[Decision]:
+        parse = functools.partial(parse_view, self.id, participant=participant)
+        return self._request(
+            "status", "tx_status", (participant or "",), parse, now, participant, until
+        )
+
+    def _abort_plan(self, reason: object, now: float) -> Request[Decision]:
+        parse = functools.partial(parse_view, self.id)
+        return self._request("abort", "tx_abort", (reason_text(reason),), parse, now)
+
+    def _ack_plan(self, participant: object, now: float) -> Request[Decision]:
+        p = participant_id(participant)
+        parse = functools.partial(parse_view, self.id, participant=p)
+        return self._request(f"ack of {p!r}", "tx_ack", (p,), parse, now, p)
+
+    def _claim_plan(self, token: str, lease_ms: int, now: float) -> Request[Claim]:
+        parse = functools.partial(parse_claim, self.id)
+        return self._request("claim", "tx_claim", (token, lease_ms), parse, now)
+
+    def _dispatched_plan(
+        self, token: str, participants: Sequence[str], lease_ms: int, now: float
+    ) -> Request[tuple[bool, bool]]:
+        parse = functools.partial(parse_dispatched, self.id)
+        rest = (token, lease_ms, *participants)
+        return self._request("dispatch record", "tx_dispatched", rest, parse, now)
+
+    def _wait_plan(
+        self,
+        vote: tuple[object, object, object] | None,
+        timeout: object,
+        participant: object,
+        now: float,
+    ) -> Waiting:
+        until = now + seconds(timeout) if timeout is not None else None
+        p = participant_id(participant) if participant is not None else None
+        if vote is not None:
+            first = self._vote_plan(vote[0], vote[1], vote[2], now, until)
+        else:
+            first = self._status_plan(p, now, until)
+        return Waiting(self._ctx, first, lambda at: self._status_plan(p, at, until), now, until)
+
+
+# --- blocking participation ---------------------------------------------------------
+
+
+def in_doubt(tx: str, participant: str, exc: Exception) -> TransactionInDoubtError:
+    """participate()'s error when the decision could not be learned after voting yes."""
+    last = getattr(exc, "last_known", None)
+    return TransactionInDoubtError(
+        f"transaction {tx!r}: participant {participant!r} voted yes (or may have) and "
+        f"could not learn the decision ({exc}); neither commit nor rollback was called "
+        "and it did not ack. Run it again with the same participant id to learn the "
+        "decision and apply it",
+        tx_id=tx,
+        participant=participant,
+        last_known=last,
+    )
+
+
+@contextmanager
+def logged(tx: str, participant: str, what: str) -> Iterator[None]:
+    """Best-effort bookkeeping: log a transaction/storage error instead of raising it.
+
+    Used where the caller's own outcome is already fixed (a failed block being
+    re-raised, an ack after commit): raising would hide it or redo applied work.
+    """
+    try:
+        yield
+    except (TransactionError, StorageError) as exc:
+        logger.warning("transaction %r: participant %r: %s failed: %s", tx, participant, what, exc)
 
 
 # Given at ``begin`` by blocking-mode launchers; the script appends it to a timeout's

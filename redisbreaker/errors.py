@@ -58,3 +58,39 @@ class TransactionExistsError(TransactionError):
 
 class NotDecidedError(TransactionError):
     """The operation needs a decision (e.g. ``ack``) and the transaction has none yet."""
+
+
+class TransactionUnavailableError(TransactionError, StorageError):
+    """Redis stayed unreachable for the whole retry budget of a transaction call.
+
+    The call was retried (it is idempotent) until the transaction's deadline plus a
+    grace, or the caller's own ``timeout``; what it would have done is unknown: a
+    vote may be on record. ``last_known`` is the last state this call read, if any.
+    """
+
+    def __init__(
+        self, message: str, *, tx_id: str, participant: str | None, last_known: object = None
+    ) -> None:
+        super().__init__(message)
+        self.tx_id = tx_id
+        self.participant = participant
+        self.last_known = last_known
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Celery pickles exceptions into results; keep the fields across that.
+        return (_rebuild, (type(self), str(self), self.tx_id, self.participant))
+
+
+class TransactionInDoubtError(TransactionUnavailableError):
+    """``participate()`` could not learn the decision after its block succeeded.
+
+    It called neither ``commit`` nor ``rollback`` and did not ack: the work is left
+    uncommitted in the caller's hands. Running the participant again with the same id
+    learns the decision (its vote is on record or is cast again) and applies it.
+    """
+
+
+def _rebuild(
+    cls: type[TransactionUnavailableError], message: str, tx_id: str, participant: str | None
+) -> TransactionUnavailableError:
+    return cls(message, tx_id=tx_id, participant=participant)

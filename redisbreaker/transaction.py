@@ -1,8 +1,9 @@
 """Transaction vote tallies: N participants commit together or roll back together.
 
-Redis is the coordinator: the tally lives under one hash tag and every rule is
+Redis is the coordinator: the whole transaction is one hash and every rule is
 decided inside a Lua script with the server's clock, so there is no coordinator
-process to lose. See ``docs/transactions.md`` for the rules and the Celery modes.
+process to lose. See the README's "Transactions" section for the rules and the
+Celery modes.
 
 ::
 
@@ -12,63 +13,99 @@ process to lose. See ``docs/transactions.md`` for the rules and the Celery modes
     decision = tx.vote_and_wait(i, ok=True)
     conn.commit() if decision.committed else conn.rollback()
     tx.ack(i)
+
+This module is the thread shell: it runs the plans of :mod:`redisbreaker._txcore`
+(which decide every retry, sleep and parse) with blocking I/O.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import redis.exceptions
 
 from redisbreaker import _txcore as core
-from redisbreaker._tx_waiters import DEGRADED_STEP, hub_for
+from redisbreaker._tx_waiters import Waiter, hub_for
 from redisbreaker._txcore import Claim, Decision, Outcome, ParticipantId, Tally
 from redisbreaker.config import SyncClient, default_client, default_prefix
-from redisbreaker.scripts import register
+from redisbreaker.errors import StorageError, TransactionError
 
 __all__ = ["Decision", "Outcome", "Participation", "Tally", "Transaction"]
 
-_SCRIPTS = ("tx_begin", "tx_vote", "tx_status", "tx_abort", "tx_ack", "tx_claim", "tx_dispatched")
+T = TypeVar("T")
 
 
 @dataclass
 class Participation:
-    """What :meth:`Transaction.participate` learned: the decision, once it is known."""
+    """What :meth:`Transaction.participate` learned: the decision, once it is known.
+
+    ``acked`` is False when the ack could not be recorded (logged; the outcome was
+    applied all the same, and the tally's ``acked`` shows the participant missing).
+    """
 
     tx: object  # the sync or asyncio Transaction it belongs to
     participant: str
     decision: Decision | None = None
+    acked: bool = False
 
     @property
     def committed(self) -> bool:
         return self.decision is not None and self.decision.committed
 
 
-class Transaction:
-    """A handle on one transaction's tally; anyone holding the id can make one.
+class Transaction(core.TxBase):
+    """A handle on one transaction; anyone holding the id can make one (no I/O).
 
     All options are keyword-only. ``client`` defaults to
     :func:`redisbreaker.config.default_client`, ``prefix`` to the configured prefix.
+    ``grace`` is how long (seconds) after the transaction's deadline a call keeps
+    retrying while Redis does not answer, before it raises
+    :class:`~redisbreaker.errors.TransactionUnavailableError`.
     """
 
     def __init__(
-        self, tx_id: str, *, client: SyncClient | None = None, prefix: str | None = None
+        self,
+        tx_id: str | bytes,
+        *,
+        client: SyncClient | None = None,
+        prefix: str | None = None,
+        grace: float = core.DEFAULT_GRACE,
     ) -> None:
-        self.id = tx_id
+        self._setup(tx_id, prefix if prefix is not None else default_prefix(), grace)
         self._client: Any = client if client is not None else default_client()
-        self._keys = core.Keys.of(prefix if prefix is not None else default_prefix(), tx_id)
-        self._scripts = {name: register(self._client, name) for name in _SCRIPTS}
-        # Tests replace this with a virtual clock (ms); None means the server's TIME.
-        self._clock_ms: core.ClockMs | None = None
 
     def __repr__(self) -> str:
         return f"<Transaction {self.id!r}>"
 
-    def _call(self, name: str, *args: object) -> Any:
-        return self._scripts[name](
-            keys=list(self._keys.keys), args=self._keys.args(self._clock_ms, *args)
-        )
+    def _eval(self, call: core.Call) -> Any:
+        try:
+            return self._client.evalsha(call.script.sha, 1, self._keys.key, *call.args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(call.script.text)
+            return self._client.evalsha(call.script.sha, 1, self._keys.key, *call.args)
+
+    def _run(self, plan: core.Plan[T], waiter: Waiter | None = None) -> T:
+        ready = waiter.ready if waiter is not None else None
+        while True:
+            step = plan.next(time.monotonic(), ready is None or ready.is_set())
+            if isinstance(step, core.Done):
+                return step.value
+            if isinstance(step, core.Call):
+                try:
+                    reply = self._eval(step)
+                except Exception as exc:
+                    plan.failed(exc, time.monotonic())
+                else:
+                    plan.replied(reply, time.monotonic())
+            elif waiter is None:
+                time.sleep(step.seconds)
+            else:
+                waiter.event.wait(step.seconds)
+                plan.woke(waiter.take(), time.monotonic())
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -78,47 +115,49 @@ class Transaction:
         participants: int | Sequence[ParticipantId],
         *,
         timeout: float,
-        tx_id: str | None = None,
+        tx_id: str | bytes | None = None,
         keep: float = core.DEFAULT_KEEP,
         client: SyncClient | None = None,
         prefix: str | None = None,
         payload: bytes = b"",
         timeout_hint: str = "",
         clock_ms: core.ClockMs | None = None,
+        grace: float = core.DEFAULT_GRACE,
     ) -> Transaction:
         """Create a transaction of ``participants`` (a count, or their ids).
 
         ``timeout`` (seconds, server clock) is the deadline for all votes; ``keep``
-        how long the decision outlives it. Naming the participants makes votes from
+        how long the decision is kept. Naming the participants makes votes from
         anyone else an error. ``payload`` is opaque bytes kept with the tally for
         integrations (the Celery callback mode stores its handlers there).
         """
-        n, names = core.validate_participants(participants)
-        ms = core.timeout_ms(timeout)
-        keep_ms = core.timeout_ms(keep, "keep")
-        tx = cls(tx_id if tx_id is not None else core.new_id(), client=client, prefix=prefix)
-        tx._clock_ms = clock_ms
-        reply = tx._scripts["tx_begin"](
-            keys=list(tx._keys.keys),
-            args=core.begin_args(tx._keys, clock_ms, n, names, ms, keep_ms, payload, timeout_hint),
+        settings = core.begin_settings(participants, timeout, keep, payload, timeout_hint)
+        tx = cls(
+            tx_id if tx_id is not None else core.new_id(), client=client, prefix=prefix, grace=grace
         )
-        core.parse_view(tx.id, reply)
+        tx._clock_ms = clock_ms
+        s = settings
+        tx._run(
+            tx._begin_plan(
+                s.n, s.names, s.timeout_ms, s.keep_ms, s.payload, s.hint, time.monotonic()
+            )
+        )
         return tx
 
     def vote(self, participant: ParticipantId, ok: bool, *, reason: object = None) -> Decision:
         """Record ``participant``'s vote (the first one counts); return the state after it.
 
         A redelivered participant voting again gets the current decision and its
-        original vote back in ``Decision.vote``, never a second vote.
+        original vote back in ``Decision.vote``, never a second vote. A vote whose
+        reply is lost is sent again until answered, so the vote returned is the one
+        on record.
         """
-        p = core.participant_id(participant)
-        reply = self._call("tx_vote", p, "1" if ok else "0", core.reason_text(reason))
-        return core.parse_view(self.id, reply, p)
+        return self._run(self._vote_plan(participant, ok, reason, time.monotonic(), None))
 
     def status(self, participant: ParticipantId | None = None) -> Decision:
         """The decision and tally now; decides ROLLBACK if the deadline has passed."""
-        p = core.participant_id(participant) if participant is not None else ""
-        return core.parse_view(self.id, self._call("tx_status", p), p or None)
+        p = core.participant_id(participant) if participant is not None else None
+        return self._run(self._status_plan(p, time.monotonic()))
 
     def tally(self) -> Tally:
         """Voted yes, voted no, waiting, acked (see :class:`Tally`)."""
@@ -126,12 +165,11 @@ class Transaction:
 
     def abort(self, reason: object) -> Decision:
         """Decide ROLLBACK now (unless already decided) with ``reason``."""
-        return core.parse_view(self.id, self._call("tx_abort", core.reason_text(reason)))
+        return self._run(self._abort_plan(reason, time.monotonic()))
 
     def ack(self, participant: ParticipantId) -> Decision:
-        """Report ``participant``'s commit or rollback done; the last ack cleans up."""
-        p = core.participant_id(participant)
-        return core.parse_view(self.id, self._call("tx_ack", p), p)
+        """Report ``participant``'s commit or rollback done (counted once)."""
+        return self._run(self._ack_plan(participant, time.monotonic()))
 
     # --- waiting --------------------------------------------------------------------
 
@@ -142,7 +180,9 @@ class Transaction:
 
         With no timeout it returns at the latest just after the deadline, when its
         own status read decides ROLLBACK if nobody else has. A still-pending result
-        is only possible when ``timeout`` is given and runs out first.
+        is only possible when ``timeout`` is given and runs out first. While Redis
+        does not answer it keeps trying, until the deadline plus ``grace`` (or its
+        ``timeout``), then raises ``TransactionUnavailableError``.
         """
         return self._wait(None, timeout, participant)
 
@@ -159,27 +199,13 @@ class Transaction:
 
     def _wait(
         self,
-        vote: tuple[ParticipantId, bool, object] | None,
+        vote: tuple[object, object, object] | None,
         timeout: float | None,
         participant: ParticipantId | None,
     ) -> Decision:
-        limit = core.timeout_ms(timeout) if timeout is not None else None
-        hub = hub_for(self._client, self._keys.channel)
-        with hub.waiting(self.id) as waiter:
-            if vote is not None:
-                decision = self.vote(vote[0], vote[1], reason=vote[2])
-            else:
-                decision = self.status(participant)
-            until = decision.tally.now_ms + limit if limit is not None else None
-            while (step := core.wait_step(decision, until)) is not None:
-                if not hub.ready.is_set():
-                    step = min(step, DEGRADED_STEP)
-                waiter.event.wait(step)
-                published = waiter.take()
-                if published is not None:
-                    return published
-                decision = self.status(participant)
-            return decision
+        plan = self._wait_plan(vote, timeout, participant, time.monotonic())
+        with hub_for(self._client, self._keys.channel).waiting(self.id) as waiter:
+            return self._run(plan, waiter)
 
     # --- blocking participation -----------------------------------------------------
 
@@ -194,9 +220,11 @@ class Transaction:
         """Blocking mode: do the work in the block; vote, wait, commit or roll back, ack.
 
         An exception in the block votes no (its text is the reason), rolls back and
-        re-raises. Otherwise the participant votes yes and waits for the decision
-        (at most until just after the deadline), then calls ``commit`` or
-        ``rollback`` and acks. If ``commit`` raises, the participant does not ack.
+        re-raises. Otherwise the participant votes yes and waits for the decision,
+        then calls ``commit`` or ``rollback`` and acks. If ``commit`` raises, the
+        participant does not ack. If the decision cannot be learned (Redis
+        unreachable past the deadline plus ``grace``), it calls neither and raises
+        :class:`~redisbreaker.errors.TransactionInDoubtError` (see the README).
         """
         p = core.participant_id(participant)
         result = Participation(self, p)
@@ -204,26 +232,30 @@ class Transaction:
             yield result
         except BaseException as exc:
             try:
-                result.decision = self.vote(p, False, reason=exc)
+                with core.logged(self.id, p, "no vote"):
+                    result.decision = self.vote(p, False, reason=exc)
             finally:
                 rollback()
-            result.decision = self.ack(p)
+            with core.logged(self.id, p, "ack"):
+                result.decision = self.ack(p)
+                result.acked = True
             raise
-        decision = self.vote_and_wait(p, True)
-        if decision.committed:
-            commit()
-        else:
-            rollback()
-        self.ack(p)
+        try:
+            decision = self.vote_and_wait(p, True)
+        except (TransactionError, StorageError) as exc:
+            raise core.in_doubt(self.id, p, exc) from exc
         result.decision = decision
+        commit() if decision.committed else rollback()
+        with core.logged(self.id, p, "ack"):
+            result.decision = self.ack(p)
+            result.acked = True
 
     # --- handler dispatch (callback mode) -------------------------------------------
 
     def _claim(self, token: str, lease_ms: int = core.DEFAULT_CLAIM_LEASE_MS) -> Claim:
-        return core.parse_claim(self.id, self._call("tx_claim", token, lease_ms))
+        return self._run(self._claim_plan(token, lease_ms, time.monotonic()))
 
     def _dispatched(
         self, token: str, participants: Sequence[str], lease_ms: int = core.DEFAULT_CLAIM_LEASE_MS
     ) -> tuple[bool, bool]:
-        held, done = self._call("tx_dispatched", token, lease_ms, *participants)
-        return bool(held), bool(done)
+        return self._run(self._dispatched_plan(token, participants, lease_ms, time.monotonic()))

@@ -104,21 +104,24 @@ def test_timeout_hint_is_part_of_the_reason(r: redis.Redis) -> None:
 
 
 def test_ack_cleans_up_and_tombstone_blocks_revival(r: redis.Redis) -> None:
-    """After every ack only the decision remains; a late vote gets it and adds nothing."""
-    tx = Transaction.begin(2, timeout=10, client=r)
+    """The transaction is one key with no TTL until decided; after every ack it keeps the
+    decision (TTL keep) without the payload; a late vote gets it and adds nothing."""
+    tx = Transaction.begin(2, timeout=10, client=r, payload=b"handlers")
+    key = f"rb:tx{{{tx.id}}}:state"
+    assert [k for k in r.keys("*") if tx.id.encode() in k] == [key.encode()]
+    assert r.pttl(key) == -1
     tx.vote(0, True)
     tx.vote(1, True)
+    assert 0 < r.pttl(key) <= core.DEFAULT_KEEP * 1000
     tx.ack(0)
     assert tx.ack(0).tally.acked == 1
     d = tx.ack(1)
     assert d.tally.acked == 2
-    assert [k for k in r.keys("*") if tx.id.encode() in k] == [
-        f"rb:tx{{{tx.id}}}:decision".encode()
-    ]
+    assert [k for k in r.keys("*") if tx.id.encode() in k] == [key.encode()]
+    assert r.hget(key, "payload") == b""
     late = tx.vote(7, False, reason="late")
     assert late.outcome is Outcome.COMMIT
     assert late.tally.yes == 2
-    assert not r.exists(f"rb:tx{{{tx.id}}}:meta")
 
 
 def test_ack_errors(r: redis.Redis) -> None:

@@ -1,48 +1,75 @@
 """The asyncio twin of :class:`redisbreaker.transaction.Transaction`.
 
-Same scripts, same core (:mod:`redisbreaker._txcore`); only the I/O awaits. Waiters
-in one event loop share one subscriber task and one pub/sub connection.
+Same scripts, same core (:mod:`redisbreaker._txcore`): this shell runs the same
+plans and only the I/O awaits. Waiters in one event loop share one subscriber task
+and one pub/sub connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+import redis.exceptions
 
 from redisbreaker import _txcore as core
-from redisbreaker._tx_waiters import DEGRADED_STEP, async_hub_for
+from redisbreaker._tx_waiters import Waiter, async_hub_for
 from redisbreaker._txcore import Claim, Decision, Outcome, ParticipantId, Tally
 from redisbreaker.config import AsyncClient, default_async_client, default_prefix
-from redisbreaker.scripts import register
+from redisbreaker.errors import StorageError, TransactionError
 from redisbreaker.transaction import Participation
 
 __all__ = ["Decision", "Outcome", "Participation", "Tally", "Transaction"]
 
-_SCRIPTS = ("tx_begin", "tx_vote", "tx_status", "tx_abort", "tx_ack", "tx_claim", "tx_dispatched")
+T = TypeVar("T")
 
 
-class Transaction:
-    """A handle on one transaction's tally, for asyncio code (see the sync class)."""
+class Transaction(core.TxBase):
+    """A handle on one transaction, for asyncio code (see the sync class)."""
 
     def __init__(
-        self, tx_id: str, *, client: AsyncClient | None = None, prefix: str | None = None
+        self,
+        tx_id: str | bytes,
+        *,
+        client: AsyncClient | None = None,
+        prefix: str | None = None,
+        grace: float = core.DEFAULT_GRACE,
     ) -> None:
-        self.id = tx_id
+        self._setup(tx_id, prefix if prefix is not None else default_prefix(), grace)
         self._client: Any = client if client is not None else default_async_client()
-        self._keys = core.Keys.of(prefix if prefix is not None else default_prefix(), tx_id)
-        self._scripts = {name: register(self._client, name) for name in _SCRIPTS}
-        # Tests replace this with a virtual clock (ms); None means the server's TIME.
-        self._clock_ms: core.ClockMs | None = None
 
     def __repr__(self) -> str:
         return f"<aio.Transaction {self.id!r}>"
 
-    async def _call(self, name: str, *args: object) -> Any:
-        return await self._scripts[name](
-            keys=list(self._keys.keys), args=self._keys.args(self._clock_ms, *args)
-        )
+    async def _eval(self, call: core.Call) -> Any:
+        try:
+            return await self._client.evalsha(call.script.sha, 1, self._keys.key, *call.args)
+        except redis.exceptions.NoScriptError:
+            await self._client.script_load(call.script.text)
+            return await self._client.evalsha(call.script.sha, 1, self._keys.key, *call.args)
+
+    async def _run(self, plan: core.Plan[T], waiter: Waiter | None = None) -> T:
+        ready = waiter.ready if waiter is not None else None
+        while True:
+            step = plan.next(time.monotonic(), ready is None or ready.is_set())
+            if isinstance(step, core.Done):
+                return step.value
+            if isinstance(step, core.Call):
+                try:
+                    reply = await self._eval(step)
+                except Exception as exc:
+                    plan.failed(exc, time.monotonic())
+                else:
+                    plan.replied(reply, time.monotonic())
+            elif waiter is None:
+                await asyncio.sleep(step.seconds)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.event.wait(), step.seconds)
+                plan.woke(waiter.take(), time.monotonic())
 
     @classmethod
     async def begin(
@@ -50,49 +77,48 @@ class Transaction:
         participants: int | Sequence[ParticipantId],
         *,
         timeout: float,
-        tx_id: str | None = None,
+        tx_id: str | bytes | None = None,
         keep: float = core.DEFAULT_KEEP,
         client: AsyncClient | None = None,
         prefix: str | None = None,
         payload: bytes = b"",
         timeout_hint: str = "",
         clock_ms: core.ClockMs | None = None,
+        grace: float = core.DEFAULT_GRACE,
     ) -> Transaction:
         """Create a transaction of ``participants`` (a count, or their ids)."""
-        n, names = core.validate_participants(participants)
-        ms = core.timeout_ms(timeout)
-        keep_ms = core.timeout_ms(keep, "keep")
-        tx = cls(tx_id if tx_id is not None else core.new_id(), client=client, prefix=prefix)
-        tx._clock_ms = clock_ms
-        reply = await tx._scripts["tx_begin"](
-            keys=list(tx._keys.keys),
-            args=core.begin_args(tx._keys, clock_ms, n, names, ms, keep_ms, payload, timeout_hint),
+        settings = core.begin_settings(participants, timeout, keep, payload, timeout_hint)
+        tx = cls(
+            tx_id if tx_id is not None else core.new_id(), client=client, prefix=prefix, grace=grace
         )
-        core.parse_view(tx.id, reply)
+        tx._clock_ms = clock_ms
+        s = settings
+        await tx._run(
+            tx._begin_plan(
+                s.n, s.names, s.timeout_ms, s.keep_ms, s.payload, s.hint, time.monotonic()
+            )
+        )
         return tx
 
     async def vote(
         self, participant: ParticipantId, ok: bool, *, reason: object = None
     ) -> Decision:
         """Record ``participant``'s vote (the first one counts); return the state after it."""
-        p = core.participant_id(participant)
-        reply = await self._call("tx_vote", p, "1" if ok else "0", core.reason_text(reason))
-        return core.parse_view(self.id, reply, p)
+        return await self._run(self._vote_plan(participant, ok, reason, time.monotonic(), None))
 
     async def status(self, participant: ParticipantId | None = None) -> Decision:
         """The decision and tally now; decides ROLLBACK if the deadline has passed."""
-        p = core.participant_id(participant) if participant is not None else ""
-        return core.parse_view(self.id, await self._call("tx_status", p), p or None)
+        p = core.participant_id(participant) if participant is not None else None
+        return await self._run(self._status_plan(p, time.monotonic()))
 
     async def tally(self) -> Tally:
         return (await self.status()).tally
 
     async def abort(self, reason: object) -> Decision:
-        return core.parse_view(self.id, await self._call("tx_abort", core.reason_text(reason)))
+        return await self._run(self._abort_plan(reason, time.monotonic()))
 
     async def ack(self, participant: ParticipantId) -> Decision:
-        p = core.participant_id(participant)
-        return core.parse_view(self.id, await self._call("tx_ack", p), p)
+        return await self._run(self._ack_plan(participant, time.monotonic()))
 
     async def wait(
         self, timeout: float | None = None, *, participant: ParticipantId | None = None
@@ -113,28 +139,13 @@ class Transaction:
 
     async def _wait(
         self,
-        vote: tuple[ParticipantId, bool, object] | None,
+        vote: tuple[object, object, object] | None,
         timeout: float | None,
         participant: ParticipantId | None,
     ) -> Decision:
-        limit = core.timeout_ms(timeout) if timeout is not None else None
-        hub = async_hub_for(self._client, self._keys.channel)
-        async with hub.waiting(self.id) as waiter:
-            if vote is not None:
-                decision = await self.vote(vote[0], vote[1], reason=vote[2])
-            else:
-                decision = await self.status(participant)
-            until = decision.tally.now_ms + limit if limit is not None else None
-            while (step := core.wait_step(decision, until)) is not None:
-                if not hub.ready.is_set():
-                    step = min(step, DEGRADED_STEP)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.event.wait(), step)
-                published = waiter.take()
-                if published is not None:
-                    return published
-                decision = await self.status(participant)
-            return decision
+        plan = self._wait_plan(vote, timeout, participant, time.monotonic())
+        async with async_hub_for(self._client, self._keys.channel).waiting(self.id) as waiter:
+            return await self._run(plan, waiter)
 
     @contextlib.asynccontextmanager
     async def participate(
@@ -151,24 +162,30 @@ class Transaction:
             yield result
         except BaseException as exc:
             try:
-                result.decision = await self.vote(p, False, reason=exc)
+                with core.logged(self.id, p, "no vote"):
+                    result.decision = await self.vote(p, False, reason=exc)
             finally:
                 await rollback()
-            result.decision = await self.ack(p)
+            with core.logged(self.id, p, "ack"):
+                result.decision = await self.ack(p)
+                result.acked = True
             raise
-        decision = await self.vote_and_wait(p, True)
-        if decision.committed:
-            await commit()
-        else:
-            await rollback()
-        await self.ack(p)
+        try:
+            decision = await self.vote_and_wait(p, True)
+        except (TransactionError, StorageError) as exc:
+            raise core.in_doubt(self.id, p, exc) from exc
         result.decision = decision
+        await (commit() if decision.committed else rollback())
+        with core.logged(self.id, p, "ack"):
+            result.decision = await self.ack(p)
+            result.acked = True
 
     async def _claim(self, token: str, lease_ms: int = core.DEFAULT_CLAIM_LEASE_MS) -> Claim:
-        return core.parse_claim(self.id, await self._call("tx_claim", token, lease_ms))
+        return await self._run(self._claim_plan(token, lease_ms, time.monotonic()))
 
     async def _dispatched(
         self, token: str, participants: Sequence[str], lease_ms: int = core.DEFAULT_CLAIM_LEASE_MS
     ) -> tuple[bool, bool]:
-        held, done = await self._call("tx_dispatched", token, lease_ms, *participants)
-        return bool(held), bool(done)
+        return await self._run(
+            self._dispatched_plan(token, participants, lease_ms, time.monotonic())
+        )

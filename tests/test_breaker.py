@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 import redis
@@ -19,13 +18,39 @@ from redisbreaker import (
     State,
     TimeWindow,
 )
+from redisbreaker.events import hub_for
 from redisbreaker.state import Transition
+from redisbreaker.testing import VirtualClock
 from tests.helpers import Boom, boom, fail_n, ok, script_calls, wait_for
 
 
-def make(r: redis.Redis, name: str = "api", **kw: object) -> SharedBreaker:
-    kw.setdefault("reset_timeout", 0.2)
-    return SharedBreaker(name, client=r, **kw)  # type: ignore[arg-type]
+def make(
+    r: redis.Redis, name: str = "api", clock: VirtualClock | None = None, **kw: object
+) -> SharedBreaker:
+    """A breaker on ``r``; with ``clock``, it reads that clock locally and in Redis."""
+    kw.setdefault("reset_timeout", 30)
+    b = SharedBreaker(name, client=r, **kw)  # type: ignore[arg-type]
+    if clock is not None:
+        clock.attach(b)
+    return b
+
+
+def settle_hub(r: redis.Redis) -> SharedBreaker:
+    """Join ``r``'s pub/sub hub and return once its subscription is confirmed and handled.
+
+    A confirmed subscription drops every cached view on the hub (events may have been
+    missed before it). The positive signal that this is over: an event published after
+    the confirmation has arrived (the hub handles messages in order). Keep the returned
+    probe alive: the hub holds its listeners weakly.
+    """
+    seen: list[Transition] = []
+    probe = SharedBreaker("hub-probe", client=r, fail_max=1, reset_timeout=30)
+    probe.subscribe(seen.append)
+    probe.call(ok)  # binds: joins the hub
+    assert wait_for(lambda: hub_for(r).connected.is_set())
+    probe.force_open()
+    assert wait_for(lambda: len(seen) == 1)
+    return probe
 
 
 def test_three_ways_in(r: redis.Redis) -> None:
@@ -74,12 +99,16 @@ def test_success_resets_the_consecutive_count(r: redis.Redis) -> None:
 def test_half_open_trial_closes_or_reopens(r: redis.Redis) -> None:
     """After reset_timeout one trial runs: success closes; failure re-opens."""
     changes: list[tuple[State, State]] = []
-    b = make(r, fail_max=1, on_state_change=lambda o, n: changes.append((o, n)))
+    clock = VirtualClock()
+    b = make(r, clock=clock, fail_max=1, on_state_change=lambda o, n: changes.append((o, n)))
     fail_n(b.call, 1)
-    time.sleep(0.25)
+    clock.advance(29)
+    with pytest.raises(CircuitOpenError):
+        b.call(ok)  # not before reset_timeout
+    clock.advance(1)
     fail_n(b.call, 1)  # the trial fails
     assert b.snapshot().state is State.OPEN
-    time.sleep(0.25)
+    clock.advance(30)
     assert b.call(ok) == "ok"
     assert b.snapshot().state is State.CLOSED
     assert changes == [
@@ -93,21 +122,24 @@ def test_half_open_trial_closes_or_reopens(r: redis.Redis) -> None:
 
 def test_success_threshold_and_permits(r: redis.Redis) -> None:
     """half_open_permits trials may run at once; success_threshold successes close."""
-    b = make(r, fail_max=1, half_open_permits=2, success_threshold=2)
+    clock = VirtualClock()  # one clock for all three: Redis stores absolute deadlines
+    b = make(r, clock=clock, fail_max=1, half_open_permits=2, success_threshold=2)
     other = make(
         redis.Redis(connection_pool=r.connection_pool),
+        clock=clock,
         fail_max=1,
         half_open_permits=2,
         success_threshold=2,
     )
     third = make(
         redis.Redis(connection_pool=r.connection_pool),
+        clock=clock,
         fail_max=1,
         half_open_permits=2,
         success_threshold=2,
     )
     fail_n(b.call, 1)
-    time.sleep(0.25)
+    clock.advance(30)
     with b:  # trial 1 holds a permit
         with other:  # trial 2 holds the other
             with pytest.raises(CircuitOpenError) as info:
@@ -118,15 +150,23 @@ def test_success_threshold_and_permits(r: redis.Redis) -> None:
 
 
 def test_trial_lease_expires_when_its_holder_dies(r: redis.Redis) -> None:
-    """A permit whose holder never reports frees itself after trial_lease."""
-    b = make(r, fail_max=1, trial_lease=0.2)
+    """A permit whose holder never reports frees itself after trial_lease, not before."""
+    clock = VirtualClock()
+    b = make(r, clock=clock, fail_max=1, trial_lease=10)
     fail_n(b.call, 1)
-    time.sleep(0.25)
+    clock.advance(30)
     b.__enter__()  # takes the permit and never exits, like a killed process
-    other = make(redis.Redis(connection_pool=r.connection_pool), fail_max=1, trial_lease=0.2)
-    with pytest.raises(CircuitOpenError):
+    other = make(
+        redis.Redis(connection_pool=r.connection_pool), clock=clock, fail_max=1, trial_lease=10
+    )
+    with pytest.raises(CircuitOpenError) as info:
         other.call(ok)
-    time.sleep(0.25)
+    assert info.value.state == "half_open"
+    clock.advance(9)  # past other's cached view, within the lease: Redis refuses
+    with pytest.raises(CircuitOpenError) as info:
+        other.call(ok)
+    assert info.value.state == "half_open"
+    clock.advance(1)  # the lease is over
     assert other.call(ok) == "ok"
     assert other.snapshot().state is State.CLOSED
 
@@ -158,7 +198,8 @@ def test_operator_states_apply_cluster_wide(r: redis.Redis) -> None:
     a.disable()
     b.sync()
     fail_n(b.call, 5)  # disabled: nothing is recorded, nothing trips
-    assert a.snapshot().state is State.DISABLED
+    snap = a.snapshot()
+    assert (snap.state, snap.consecutive_failures) == (State.DISABLED, 0)
     a.reset()
     assert b.sync().state is State.CLOSED
     fail_n(b.call, 1)
@@ -167,12 +208,17 @@ def test_operator_states_apply_cluster_wide(r: redis.Redis) -> None:
 
 def test_manual_open_for_a_duration(r: redis.Redis) -> None:
     """open(seconds) refuses calls until the deadline, then admits a trial."""
-    b = make(r, fail_max=5)
-    snap = b.open(0.2)
-    assert snap.state is State.OPEN and 0 < snap.retry_after <= 0.2
+    clock = VirtualClock()
+    b = make(r, clock=clock, fail_max=5)
+    snap = b.open(20)
+    assert snap.state is State.OPEN and snap.retry_after == 20
     with pytest.raises(CircuitOpenError):
         b.call(ok)
-    time.sleep(0.25)
+    clock.advance(19)  # past the cached view: Redis refuses, 1 s left
+    with pytest.raises(CircuitOpenError) as info:
+        b.call(ok)
+    assert info.value.retry_after == 1
+    clock.advance(1)
     assert b.call(ok) == "ok"
     assert b.snapshot().state is State.CLOSED
 
@@ -181,15 +227,24 @@ def test_listener_runs_once_in_the_process_that_made_the_transition(r: redis.Red
     """on_state_change fires where the script made the change, not in the others."""
     seen_a: list[tuple[State, State]] = []
     seen_b: list[tuple[State, State]] = []
+    events_a: list[Transition] = []
     a = make(r, fail_max=2, on_state_change=lambda o, n: seen_a.append((o, n)))
+    a.subscribe(events_a.append)
     b = make(
         redis.Redis(connection_pool=r.connection_pool),
         fail_max=2,
         on_state_change=lambda o, n: seen_b.append((o, n)),
     )
-    fail_n(a.call, 1)
+    fail_n(a.call, 1)  # binds a: it joins the hub
+    assert wait_for(lambda: _hub_connected(a))
     fail_n(b.call, 1)  # b's failure is the one that trips
     assert seen_b == [(State.CLOSED, State.OPEN)]
+    # a has learned of the transition (its pub/sub event arrived), and still did not
+    # run its on_state_change for it.
+    assert wait_for(lambda: len(events_a) == 1)
+    assert events_a[0].new is State.OPEN
+    with pytest.raises(CircuitOpenError):
+        a.call(ok)
     assert seen_a == []
 
 
@@ -213,19 +268,15 @@ def test_subscribers_see_transitions_made_elsewhere(r: redis.Redis) -> None:
 
 
 def _hub_connected(b: SharedBreaker) -> bool:
-    from redisbreaker.events import hub_for
-
     return hub_for(b._client).connected.is_set()
 
 
 def test_closed_successes_cost_no_round_trip(r: redis.Redis) -> None:
-    """In the closed state, successes are counted locally: 1000 calls, at most one sync."""
-    b = make(r, fail_max=5, sync_interval=60)
-    b.call(ok)  # binds, loads the scripts and joins the hub
-    # A confirmed subscription drops cached views (events may have been missed before
-    # it): wait for it, then take the one sync it causes, and only then count.
-    assert wait_for(lambda: _hub_connected(b))
-    b.call(ok)
+    """In the closed state, successes are counted locally: 1000 calls, no round trip."""
+    _probe = settle_hub(r)  # no subscription confirmed mid-count drops the cached view
+    clock = VirtualClock()  # nor does the view's lease end on a stalled machine
+    b = make(r, clock=clock, fail_max=5, sync_interval=60)
+    b.call(ok)  # binds (scripts already loaded by the probe) and caches the view
     before = script_calls(r)
     for _ in range(1000):
         b.call(ok)
@@ -254,7 +305,9 @@ def test_pending_successes_are_flushed_and_counted(r: redis.Redis) -> None:
 
 def test_max_pending_bounds_local_counting(r: redis.Redis) -> None:
     """After max_pending local successes, the next one flushes them."""
-    b = make(r, fail_max=5, sync_interval=60, max_pending=10)
+    _probe = settle_hub(r)  # no subscription confirmed mid-count drops the cached view
+    clock = VirtualClock()  # nor does the view's lease end on a stalled machine
+    b = make(r, clock=clock, fail_max=5, sync_interval=60, max_pending=10)
     b.call(ok)
     before = script_calls(r)
     for _ in range(100):
@@ -264,7 +317,9 @@ def test_max_pending_bounds_local_counting(r: redis.Redis) -> None:
 
 def test_transition_is_one_script_call(r: redis.Redis) -> None:
     """The failure that trips costs one script call, which also makes the transition."""
-    b = make(r, fail_max=3)
+    _probe = settle_hub(r)  # no subscription confirmed meanwhile drops the cached view
+    clock = VirtualClock()  # nor does the view's lease end on a stalled machine
+    b = make(r, clock=clock, fail_max=3)
     fail_n(b.call, 2)
     before = script_calls(r)
     fail_n(b.call, 1)
@@ -285,31 +340,41 @@ def test_count_window_failure_rate(r: redis.Redis) -> None:
 
 def test_time_window_and_slow_calls(r: redis.Redis) -> None:
     """Slow calls count toward the slow-call rate over a time window."""
+    clock = VirtualClock()
     b = make(
         r,
+        clock=clock,
         fail_max=None,
         window=TimeWindow(10),
         minimum_calls=3,
         failure_rate_threshold=0.9,
-        slow_call_duration=0.02,
+        slow_call_duration=0.5,
         slow_call_rate_threshold=0.6,
     )
     b.call(ok)
-    for _ in range(2):
-        b.call(time.sleep, 0.03)
+    b.call(clock.advance, 0.5)  # takes exactly slow_call_duration: not slow
+    b.call(clock.advance, 0.75)  # slow: 1 of 3
     snap = b.snapshot()
-    assert snap.state is State.OPEN
+    assert (snap.state, snap.calls, snap.slow_calls) == (State.CLOSED, 3, 1)
+    b.call(clock.advance, 1)  # slow: 2 of 4 = 50%, below 60%
+    assert b.snapshot().state is State.CLOSED
+    b.call(clock.advance, 1)  # slow: 3 of 5 = 60%: trips
+    assert b.snapshot().state is State.OPEN
 
 
 def test_backoff_grows_the_open_period(r: redis.Redis) -> None:
     """Repeated trips lengthen the open period, up to the cap."""
-    b = make(r, fail_max=1, reset_timeout=0.1, backoff=Backoff(multiplier=4, max=1.0, jitter=0))
-    fail_n(b.call, 1)
-    first = b.snapshot().retry_after
-    time.sleep(0.15)
-    fail_n(b.call, 1)  # trial fails: second trip
-    second = b.snapshot().retry_after
-    assert first <= 0.1 < second <= 0.4
+    clock = VirtualClock()
+    backoff = Backoff(multiplier=4, max=100, jitter=0)
+    b = make(r, clock=clock, fail_max=1, reset_timeout=10, backoff=backoff)
+    periods: list[float] = []
+    for _ in range(3):
+        fail_n(b.call, 1)  # the first failure trips; then each trial fails: trips again
+        snap = b.snapshot()
+        assert snap.state is State.OPEN
+        periods.append(snap.retry_after)
+        clock.advance(snap.retry_after)
+    assert periods == [10, 40, 100]  # 10 x 4^(trips-1), capped at 100
 
 
 def test_script_cache_flush_mid_run(r: redis.Redis) -> None:

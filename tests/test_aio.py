@@ -10,6 +10,7 @@ import redis.asyncio
 from redisbreaker import CircuitOpenError, State
 from redisbreaker.aio import SharedBreaker
 from redisbreaker.embedded import RedisServer
+from redisbreaker.testing import VirtualClock
 from tests.helpers import Boom
 
 
@@ -33,13 +34,15 @@ def test_async_cycle(aurl: str) -> None:
     async def main() -> list[tuple[State, State]]:
         changes: list[tuple[State, State]] = []
         client = redis.asyncio.Redis.from_url(aurl)
+        clock = VirtualClock()
         b = SharedBreaker(
             "aio",
             client=client,
             fail_max=2,
-            reset_timeout=0.2,
+            reset_timeout=30,
             on_state_change=lambda o, n: changes.append((o, n)),
         )
+        clock.attach(b)
         assert await b.call(_ok) == "ok"
         guarded = b(_ok)
         assert await guarded() == "ok"
@@ -50,8 +53,13 @@ def test_async_cycle(aurl: str) -> None:
                 await b.call(_boom)
         with pytest.raises(CircuitOpenError):
             await b.call(_ok)
-        assert (await b.snapshot()).state is State.OPEN
-        await asyncio.sleep(0.25)
+        snap = await b.snapshot()
+        assert (snap.state, snap.retry_after) == (State.OPEN, 30)
+        clock.advance(29)  # past the cached view: Redis refuses, 1 s left
+        with pytest.raises(CircuitOpenError) as info:
+            await b.call(_ok)
+        assert info.value.retry_after == 1
+        clock.advance(1)
         assert await b.call(_ok) == "ok"
         assert (await b.snapshot()).state is State.CLOSED
         await b.force_open()
@@ -62,10 +70,12 @@ def test_async_cycle(aurl: str) -> None:
         return changes
 
     changes = asyncio.run(main())
-    assert changes[:3] == [
+    assert changes == [
         (State.CLOSED, State.OPEN),
         (State.OPEN, State.HALF_OPEN),
         (State.HALF_OPEN, State.CLOSED),
+        (State.CLOSED, State.FORCED_OPEN),
+        (State.FORCED_OPEN, State.CLOSED),
     ]
 
 

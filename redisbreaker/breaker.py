@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 
-from redisbreaker import config
+from redisbreaker import _fork, config
 from redisbreaker._base import STORAGE_ERRORS, BreakerBase, decode
 from redisbreaker.core import SENDER_ROUNDS, ScriptCall, Ticket
 from redisbreaker.errors import StorageError
@@ -45,15 +45,15 @@ class SharedBreaker(BreakerBase):
 
     def _run(self, call: ScriptCall) -> View:
         script = self._bind()[call.script]
-        if self._unchecked():
-            self._check_server()
+        try:
+            reply = script(keys=self._core.key_list, args=call.args)
+            if self._unchecked():  # once per client, when the server has just answered
+                self._check_server()
+        except STORAGE_ERRORS as exc:
+            raise self._storage_error(exc) from exc
         refusal = self._server_refusal()
         if refusal is not None:
             raise refusal
-        try:
-            reply = script(keys=self._core.key_list, args=call.args)
-        except STORAGE_ERRORS as exc:
-            raise self._storage_error(exc) from exc
         view, transition = self._core.apply(reply, self._core.now())
         self._notify(transition)
         return view
@@ -62,9 +62,7 @@ class SharedBreaker(BreakerBase):
         try:
             info = self._client.info("server")
         except redis.ResponseError:
-            info = None  # e.g. an ACL without INFO
-        except STORAGE_ERRORS:
-            return  # unreachable: checked on a later call
+            info = None  # e.g. an ACL without INFO: the scripts will tell
         self._server_checked(info)
 
     def _exchange(self, call: ScriptCall) -> View:
@@ -101,6 +99,8 @@ class SharedBreaker(BreakerBase):
     # -- one call ------------------------------------------------------------------
 
     def _admit(self) -> Ticket:
+        if self._epoch != _fork.epoch:
+            self._bind()  # first use, or first use in a forked child: join its hub now
         core = self._core
         now = core.now()
         ticket = core.fast_admit(now)

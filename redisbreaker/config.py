@@ -270,9 +270,8 @@ def risky_client_settings(client: object) -> list[str]:
     retries 10 times by default). Cluster clients keep their retries: that is how
     they follow a failover.
     """
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None)
-    if not isinstance(kwargs, dict):
+    kwargs = kwargs_of(client)
+    if not kwargs:
         return []
     problems = []
     if kwargs.get("socket_timeout") is None:
@@ -301,7 +300,18 @@ def warn_risky_client(client: object) -> None:
     problems = risky_client_settings(client)
     if problems:
         logger.warning(
-            "redisbreaker: the Redis client %r has %s; during an outage the first call of each "
-            "breaker stalls for that long",
-            client, "; and ".join(problems),
+            "redisbreaker: the Redis client for %s has %s; during an outage the first call "
+            "of each breaker stalls for that long",
+            _where(kwargs_of(client)), "; and ".join(problems),
         )  # fmt: skip
+
+
+def kwargs_of(client: object) -> dict[str, Any]:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _where(kwargs: dict[str, Any]) -> str:
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"

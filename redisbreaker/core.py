@@ -296,8 +296,8 @@ class BreakerCore:
             sender=bool(batch),
         )  # fmt: skip
 
-    def operate_call(self, command: str, open_for: float | None = None) -> ScriptCall:
-        ms = 0 if open_for is None else round(open_seconds(open_for, "open(seconds)") * 1000)
+    def operate_call(self, command: str, open_for: object = None) -> ScriptCall:
+        ms = round(open_seconds(open_for, "open(seconds)") * 1000) if command == "open" else 0
         return ScriptCall("breaker_operate", [*self.config_args(), command, ms])
 
     def snapshot_call(self) -> ScriptCall:
@@ -424,7 +424,8 @@ class BreakerCore:
             self._probing = False
         if not is_outage(exc):
             self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}" if exc.__cause__ else describe(exc)
+            corrupt = isinstance(exc, CorruptStateError)
+            self.last_error = f"CorruptStateError: {exc}" if corrupt else describe(exc)
             rate_limited.error(
                 f"{self.name}:error", "breaker %r: Redis error, not an outage (%s); this "
                 "call follows policy %s", self.name, self.last_error, self.options.on_outage.value,

@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 
-from redisbreaker import config
+from redisbreaker import _fork, config
 from redisbreaker._base import STORAGE_ERRORS, BreakerBase, decode
 from redisbreaker.core import SENDER_ROUNDS, ScriptCall, Ticket
 from redisbreaker.errors import StorageError
@@ -44,15 +44,15 @@ class SharedBreaker(BreakerBase):
 
     async def _run(self, call: ScriptCall) -> View:
         script = self._bind()[call.script]
-        if self._unchecked():
-            await self._check_server()
+        try:
+            reply = await script(keys=self._core.key_list, args=call.args)
+            if self._unchecked():  # once per client, when the server has just answered
+                await self._check_server()
+        except STORAGE_ERRORS as exc:
+            raise self._storage_error(exc) from exc
         refusal = self._server_refusal()
         if refusal is not None:
             raise refusal
-        try:
-            reply = await script(keys=self._core.key_list, args=call.args)
-        except STORAGE_ERRORS as exc:
-            raise self._storage_error(exc) from exc
         view, transition = self._core.apply(reply, self._core.now())
         self._notify(transition)
         return view
@@ -62,8 +62,6 @@ class SharedBreaker(BreakerBase):
             info = await self._client.info("server")
         except redis.ResponseError:
             info = None
-        except STORAGE_ERRORS:
-            return
         self._server_checked(info)
 
     async def _exchange(self, call: ScriptCall) -> View:
@@ -96,6 +94,8 @@ class SharedBreaker(BreakerBase):
             call = core.sent(keep=rounds_left > 0)
 
     async def _admit(self) -> Ticket:
+        if self._epoch != _fork.epoch:
+            self._bind()  # first use, or first use in a forked child: join its hub now
         core = self._core
         now = core.now()
         ticket = core.fast_admit(now)

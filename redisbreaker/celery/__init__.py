@@ -22,6 +22,7 @@ from redisbreaker.celery.scopes import SCOPES, Scope, check_scope
 from redisbreaker.celery.settings import Settings, settings_for
 from redisbreaker.celery.task import ON_OPEN, BreakerSpec, OnOpen, shared_breaker
 from redisbreaker.errors import ConfigurationError
+from redisbreaker.options import open_seconds
 from redisbreaker.state import Snapshot
 
 __all__ = [
@@ -89,11 +90,11 @@ def pause(
     is ``host``; ``'cluster'`` every worker. Workers react within about a second.
     """
     check_scope("scope", scope)
+    if seconds is not None:
+        seconds = open_seconds(seconds, "pause(seconds)")
     breaker = manual_breaker(app, scope, _key(app, scope, queue, worker, host))
     if seconds is None:
         return breaker.force_open()
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-        raise ConfigurationError(f"seconds must be a positive number or None, got {seconds!r}")
     return breaker.open(seconds)
 
 

@@ -21,7 +21,15 @@ from typing import Any
 from benchmarks.harness import Config, SuiteResult, environment, fmt
 from redisbreaker.bench import quiet_events, redis_for
 
-SUITES = ["call_overhead", "gate", "propagation", "contention", "amplification", "votes"]
+SUITES = [
+    "call_overhead",
+    "gate",
+    "propagation",
+    "contention",
+    "amplification",
+    "votes",
+    "window_cost",
+]
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 

@@ -1,17 +1,20 @@
---! use: clock, msgpack, breaker
--- breaker_admit: may a call run now? Also flushes the caller's locally counted
--- successes and refreshes its cached view (the periodic sync of the hot path).
--- KEYS: S, P, B (see lua/lib/breaker.lua)
--- ARGV: [1..18] config; [OP] permit token; [OP+1] pending successes; [OP+2] their generation
+--! use: clock, msgpack, breaker, outcomes
+-- breaker_admit: may a call run now? Also reports the caller's queued outcomes and
+-- refreshes its cached view (the periodic sync of the hot path).
+-- KEYS: S, P, B, R (see lua/lib/breaker.lua)
+-- ARGV: [1..18] config; [OP] permit token; [OP+1..] the caller's outcome batch
+--   (runs of four, see lua/lib/outcomes.lua; may be empty)
 -- Reply: the breaker reply; verdict 'allow' (closed or disabled), 'trial' (a half-open
 --   permit was leased to the token), or 'reject' (wait_ms until a call could pass).
 -- Atomic because: the open -> half-open move and the permit count must be decided by
 -- one caller at a time, or several processes would each run "the" trial call.
+local bad = check_batch(OP + 1)
+if bad then return redis.error_reply(bad) end
 local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end
 if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
-apply_pending(s, tonumber(ARGV[OP + 1]), tonumber(ARGV[OP + 2]), now)
+apply_batch(s, OP + 1, now)
 
 local verdict, wait_ms = 'allow', 0
 if s.st == 'open' then

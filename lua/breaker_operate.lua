@@ -1,6 +1,6 @@
 --! use: clock, msgpack, breaker
 -- breaker_operate: an operator's command, applied cluster-wide.
--- KEYS: S, P, B (see lua/lib/breaker.lua)
+-- KEYS: S, P, B, R (see lua/lib/breaker.lua)
 -- ARGV: [1..18] config; [OP] command: 'force_open' | 'disable' | 'reset' | 'open';
 --   [OP+1] for 'open': how long to stay open, in ms (a manual pause that ends in half-open)
 -- Reply: the breaker reply, verdict ''.

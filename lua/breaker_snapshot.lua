@@ -1,6 +1,6 @@
 --! use: clock, msgpack, breaker
 -- breaker_snapshot: the shared state as it is now, for breaker.snapshot().
--- KEYS: S, P, B (see lua/lib/breaker.lua)
+-- KEYS: S, P, B, R (see lua/lib/breaker.lua)
 -- ARGV: [1..18] config
 -- Reply: the breaker reply with wait_ms = time left open, verdict ''.
 -- Atomic because: the time window is advanced and read in one step; a key that does
@@ -10,6 +10,6 @@ local s = load()
 if s.err then return s end
 if redis.call('EXISTS', S) == 1 then
   if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
-  save(s, now)
+  save(s, now, true)
 end
 return reply(s, '', remain(s, now))

@@ -2,8 +2,8 @@
 -- gate_claim: may this paused worker consume again? Called by the Celery consumption
 -- gate (redisbreaker/celery/gate.py) when it polls, when a transition of the breaker
 -- is seen on pub/sub, and when a pause deadline passes.
--- KEYS: S, P, B (see lua/lib/breaker.lua); [4] L, the gate's trial lease (a string
---   "<worker id>|<generation of the open period it was taken in>", same hash tag).
+-- KEYS: S, P, B, R (see lua/lib/breaker.lua), then last L, the gate's trial lease (a
+--   string "<worker id>|<generation of the open period it was taken in>", same hash tag).
 -- ARGV: [1..18] config; [OP] worker id; [OP+1] lease ms; [OP+2] mode: 'trial' (a task
 --   breaker: one worker resumes for the half-open trial) or 'manual' (a manual pause:
 --   everyone resumes at the deadline).
@@ -17,7 +17,8 @@
 local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end
-local L = KEYS[4]
+-- Last, after however many keys the breaker has, so the two lists cannot drift apart.
+local L = KEYS[#KEYS]
 local me, lease_ms, mode = ARGV[OP], tonumber(ARGV[OP + 1]), ARGV[OP + 2]
 
 if s.st == 'closed' or s.st == 'disabled' then return { 'resume', s.gen, 0 } end

@@ -15,6 +15,9 @@ from typing import Any
 
 from redisbreaker.state import State, Verdict, View
 
+# One reported outcome run: (generation it was admitted in, outcome code, count, token).
+Entry = tuple[int, str, int, str]
+
 
 def _is_fail(c: str) -> bool:
     return c in ("1", "3")
@@ -40,6 +43,7 @@ class _Cfg:
     permits: int
     lease_ms: int
     succ: int
+    settings: str  # ARGV[5..18] joined by ',', as the scripts store them
 
     @classmethod
     def parse(cls, argv: Sequence[Any]) -> _Cfg:
@@ -49,12 +53,12 @@ class _Cfg:
             rand=float(a[1]), fail_max=int(a[4]), wkind=int(a[5]), wsize=int(a[6]),
             min_calls=int(a[7]), rate_bp=int(a[8]), slow_bp=int(a[9]), reset_ms=int(a[10]),
             mult=float(a[11]), max_ms=int(a[12]), jitter=float(a[13]), permits=int(a[14]),
-            lease_ms=int(a[15]), succ=int(a[16]),
+            lease_ms=int(a[15]), succ=int(a[16]), settings=",".join(a[4:18]),
         )  # fmt: skip
 
     @property
     def wk(self) -> str:
-        return f"{self.wkind}:{self.wsize}"
+        return f"{self.wkind}:{self.wsize}:2"
 
 
 @dataclass
@@ -71,20 +75,27 @@ class BreakerModel:
     wf: int = 0
     ws: int = 0
     h: int = 0
-    ring: str = ""
     wsec: int = 0
+    ct: int = 0
+    cf: int = 0
+    cs: int = 0
     wk: str | None = None
-    buckets: dict[int, list[int]] = field(default_factory=dict)
+    cfg: str | None = None  # the settings of the last writer
+    # Key R: one byte per count-window slot, b"0".."3"; a slot past the end is empty.
+    ring: bytearray = field(default_factory=bytearray)
+    # Key B: second -> running totals (calls, failures, slow) at the end of that second,
+    # in ascending order of second (a bucket is only ever added at the newest second).
+    buckets: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     permits: dict[str, int] = field(default_factory=dict)
     events: list[tuple[State, State, int, int]] = field(default_factory=list)
 
     # -- operations (one per script) ------------------------------------------------
 
-    def admit(self, argv: Sequence[Any], now: int, token: str, pending: int, pgen: int) -> View:
+    def admit(self, argv: Sequence[Any], now: int, token: str, batch: Sequence[Entry] = ()) -> View:
         c = self._load(argv)
         if c.wkind == 2:
             self._tw_advance(c, now // 1000)
-        self._apply_pending(c, pending, pgen, now)
+        self._apply_batch(c, batch, now)
         verdict, wait = Verdict.ALLOW, 0
         if self.st is State.OPEN:
             if now < self.until:
@@ -103,27 +114,12 @@ class BreakerModel:
             verdict = Verdict.REJECT
         return self._reply(verdict, wait)
 
-    def record(
-        self, argv: Sequence[Any], now: int, token: str, pending: int, pgen: int, gen: int,
-        code: str,
-    ) -> View:  # fmt: skip
+    def report(self, argv: Sequence[Any], now: int, batch: Sequence[Entry]) -> View:
         c = self._load(argv)
         if c.wkind == 2:
             self._tw_advance(c, now // 1000)
-        self._apply_pending(c, pending, pgen, now)
-        if token:
-            self.permits.pop(token, None)
-        if gen == self.gen and code != "x":
-            if self.st is State.CLOSED:
-                self._record_closed(c, code, 1, now)
-            elif self.st is State.HALF_OPEN and token:
-                if _is_fail(code):
-                    self._transition(c, State.OPEN, now)
-                else:
-                    self.hs += 1
-                    if self.hs >= c.succ:
-                        self._transition(c, State.CLOSED, now)
-        return self._reply(Verdict.NONE, 0)
+        self._apply_batch(c, batch, now)
+        return self._reply(Verdict.NONE, self._remain(now))
 
     def operate(self, argv: Sequence[Any], now: int, cmd: str, open_for: int = 0) -> View:
         c = self._load(argv)
@@ -147,69 +143,93 @@ class BreakerModel:
         return self._reply(Verdict.NONE, self._remain(now))
 
     def snapshot(self, argv: Sequence[Any], now: int) -> View:
-        c = self._load(argv)
+        c = self._load(argv, store_settings=False)
         if c.wkind == 2:
             self._tw_advance(c, now // 1000)
         return self._reply(Verdict.NONE, self._remain(now))
 
     # -- the machine ----------------------------------------------------------------
 
-    def _load(self, argv: Sequence[Any]) -> _Cfg:
+    def _load(self, argv: Sequence[Any], *, store_settings: bool = True) -> _Cfg:
         self._from = None
         c = _Cfg.parse(argv)
+        self._other = self.cfg if self.cfg is not None and self.cfg != c.settings else ""
+        if store_settings:
+            self.cfg = c.settings
         if self.wk != c.wk:
             self._win_reset(c)
             self.wk = c.wk
         return c
 
     def _win_reset(self, c: _Cfg) -> None:
-        self.n = self.wf = self.ws = self.h = self.wsec = 0
-        self.ring = "-" * c.wsize if c.wkind == 1 else ""
+        self.n = self.wf = self.ws = self.h = self.wsec = self.ct = self.cf = self.cs = 0
+        self.ring = bytearray()
+        self.buckets = {}
+
+    def _tw_clear(self) -> None:
+        self.n = self.wf = self.ws = self.ct = self.cf = self.cs = 0
         self.buckets = {}
 
     def _tw_advance(self, c: _Cfg, sec: int) -> None:
         if sec <= self.wsec:
             return
-        if sec - self.wsec >= c.wsize:
-            self.n = self.wf = self.ws = 0
-            self.buckets = {}
-        else:
-            for x in range(self.wsec + 1, sec + 1):
-                t, f, s = self.buckets.pop(x % c.wsize, [0, 0, 0])
-                self.n -= t
-                self.wf -= f
-                self.ws -= s
+        if self.n > 0:
+            if sec - self.wsec >= c.wsize:
+                self._tw_clear()
+            else:
+                cut = sec - c.wsize
+                last: tuple[int, int, int] | None = None
+                while self.buckets:
+                    oldest = next(iter(self.buckets))
+                    if oldest > cut:
+                        break
+                    last = self.buckets.pop(oldest)
+                if last is not None:
+                    t, f, w = last
+                    self.n, self.wf, self.ws = self.ct - t, self.cf - f, self.cs - w
+                    if self.n == 0:
+                        self._tw_clear()
         self.wsec = sec
+
+    def _getrange(self, start: int, end: int) -> bytes:
+        return bytes(self.ring[start : end + 1])
+
+    def _setrange(self, offset: int, data: bytes) -> None:
+        if len(self.ring) < offset:
+            self.ring.extend(b"\0" * (offset - len(self.ring)))
+        self.ring[offset : offset + len(data)] = data
 
     def _cw_push(self, c: _Cfg, code: str, m: int) -> None:
         size = c.wsize
         f, w = int(_is_fail(code)), int(_is_slow(code))
+        b = code.encode()
         if m >= size:
-            self.ring, self.h, self.n, self.wf, self.ws = code * size, 0, size, f * size, w * size
+            self.ring = bytearray(b * size)
+            self.h, self.n, self.wf, self.ws = 0, size, f * size, w * size
             return
         first = min(m, size - self.h)
-        evicted = self.ring[self.h : self.h + first] + self.ring[: m - first]
-        self.n += m - sum(ch in "0123" for ch in evicted)
-        self.wf += f * m - sum(ch in "13" for ch in evicted)
-        self.ws += w * m - sum(ch in "23" for ch in evicted)
-        if self.h + m <= size:
-            self.ring = self.ring[: self.h] + code * m + self.ring[self.h + m :]
-        else:
-            wrap = self.h + m - size
-            self.ring = code * wrap + self.ring[wrap : self.h] + code * (size - self.h)
+        evicted = self._getrange(self.h, self.h + first - 1)
+        if m > first:
+            evicted += self._getrange(0, m - first - 1)
+        self.n += m - sum(evicted.count(x) for x in (b"0", b"1", b"2", b"3"))
+        self.wf += f * m - sum(evicted.count(x) for x in (b"1", b"3"))
+        self.ws += w * m - sum(evicted.count(x) for x in (b"2", b"3"))
+        self._setrange(self.h, b * first)
+        if m > first:
+            self._setrange(0, b * (m - first))
         self.h = (self.h + m) % size
 
     def _tw_push(self, c: _Cfg, code: str, m: int, now: int) -> None:
         self._tw_advance(c, now // 1000)
-        b = self.buckets.setdefault(self.wsec % c.wsize, [0, 0, 0])
-        b[0] += m
         self.n += m
+        self.ct += m
         if _is_fail(code):
-            b[1] += m
             self.wf += m
+            self.cf += m
         if _is_slow(code):
-            b[2] += m
             self.ws += m
+            self.cs += m
+        self.buckets[self.wsec] = (self.ct, self.cf, self.cs)
 
     def _should_trip(self, c: _Cfg) -> bool:
         if c.fail_max > 0 and self.consec >= c.fail_max:
@@ -259,15 +279,29 @@ class BreakerModel:
         if self._should_trip(c):
             self._transition(c, State.OPEN, now)
 
-    def _apply_pending(self, c: _Cfg, m: int, gen: int, now: int) -> None:
-        if m > 0 and gen == self.gen:
-            self._record_closed(c, "0", m, now)
+    def _apply_batch(self, c: _Cfg, batch: Sequence[Entry], now: int) -> None:
+        """``apply_batch`` of ``lua/lib/outcomes.lua``."""
+        for gen, code, m, token in batch:
+            if token:
+                self.permits.pop(token, None)
+            if gen == self.gen and code != "x":
+                if self.st is State.CLOSED:
+                    self._record_closed(c, code, m, now)
+                elif self.st is State.HALF_OPEN and token:
+                    if _is_fail(code):
+                        self._transition(c, State.OPEN, now)
+                    else:
+                        self.hs += 1
+                        if self.hs >= c.succ:
+                            self._transition(c, State.CLOSED, now)
 
     def _reply(self, verdict: Verdict, wait: int) -> View:
         return View(
             state=self.st, generation=self.gen, wait_ms=wait, consecutive_failures=self.consec,
             calls=self.n, failures=self.wf, slow_calls=self.ws, half_open_successes=self.hs,
             trips=self.trips, transitioned_from=self._from, verdict=verdict,
+            other_settings=self._other,
         )  # fmt: skip
 
     _from: State | None = None
+    _other: str = ""

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.__main__ import SUITES
+
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ["call_overhead", "gate", "propagation", "contention", "amplification", "votes"]
 
 pytestmark = pytest.mark.celery  # the gate and amplification suites start real workers
 

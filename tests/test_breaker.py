@@ -36,7 +36,8 @@ def make(
 
 
 def settle_hub(r: redis.Redis) -> SharedBreaker:
-    """Join ``r``'s pub/sub hub and return once its subscription is confirmed and handled.
+    """Ready ``r`` for counting round trips: every breaker script loaded in Redis (no
+    NOSCRIPT reload to count), and the pub/sub hub's subscription confirmed and handled.
 
     A confirmed subscription drops every cached view on the hub (events may have been
     missed before it). The positive signal that this is over: an event published after
@@ -46,9 +47,11 @@ def settle_hub(r: redis.Redis) -> SharedBreaker:
     seen: list[Transition] = []
     probe = SharedBreaker("hub-probe", client=r, fail_max=1, reset_timeout=30)
     probe.subscribe(seen.append)
-    probe.call(ok)  # binds: joins the hub
+    probe.call(ok)  # binds (joins the hub); loads the admit script
+    probe.sync()  # loads the report script
+    probe.snapshot()  # loads the snapshot script
     assert wait_for(lambda: hub_for(r).connected.is_set())
-    probe.force_open()
+    probe.force_open()  # loads the operate script; publishes an event
     assert wait_for(lambda: len(seen) == 1)
     return probe
 

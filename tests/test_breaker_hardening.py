@@ -22,6 +22,7 @@ from redisbreaker import (
     CountWindow,
     SharedBreaker,
     State,
+    TimeWindow,
 )
 from redisbreaker.events import hub_for
 from redisbreaker.options import BreakerOptions
@@ -69,10 +70,15 @@ def test_max_pending_flush_with_a_stale_view_takes_no_permit(r: redis.Redis) -> 
     fail_n(other.call, 1)
     clock.advance(31)
     for _ in range(10):
-        stale.call(ok)  # two flushes carry the successes; the stale view lets them run
+        # The first five run on the stale view and are flushed; the flush's reply shows
+        # the breaker open past its deadline, so the sixth asks for (and gets) the trial,
+        # which closes the breaker. No call is refused and no permit is left behind.
+        assert stale.call(ok) == "ok"
     assert permits(r, stale) == 0
-    assert other.call(ok) == "ok"
     assert other.snapshot().state is State.CLOSED
+    # The other process hears the trial's transitions on pub/sub (the positive signal).
+    assert wait_for(lambda: other._core.view is not None and other._core.view.state is State.CLOSED)
+    assert other.call(ok) == "ok"
 
 
 # -- 2. binding happens once, under a lock ----------------------------------------------------
@@ -116,6 +122,68 @@ def test_first_concurrent_use_binds_once(
     assert errors == []
     assert joins == [1]
     assert b.snapshot().consecutive_failures == 8
+
+
+# -- 5. a recorded outcome costs O(1) in the window size ------------------------------------
+
+
+def commands_run(r: redis.Redis) -> dict[str, int]:
+    """Commands the server has run, by name: a script's own commands count under theirs."""
+    stats = r.info("commandstats")
+    return {k: v["calls"] for k, v in stats.items() if k != "cmdstat_info"}
+
+
+def commands_of(r: redis.Redis, fn: Any) -> int:
+    """How many commands (EVALSHA and the commands its script ran) ``fn()`` made Redis run."""
+    before = commands_run(r)
+    fn()
+    after = commands_run(r)
+    return sum(n - before.get(k, 0) for k, n in after.items())
+
+
+def untrippable(name: str, r: redis.Redis, window: Any) -> SharedBreaker:
+    """Every outcome is recorded in the window; only a slow-call rate could trip it."""
+    return SharedBreaker(name, client=r, fail_max=None, window=window, minimum_calls=1,
+                         slow_call_duration=60.0, slow_call_rate_threshold=1.0)  # fmt: skip
+
+
+def test_time_window_first_call_after_a_long_idle_is_o1(r: redis.Redis) -> None:
+    """A TimeWindow(86400) with buckets in 50 seconds, idle 80,000 s, then one failure:
+    that call runs as many Redis commands as a failure in a busy window (no per-second
+    or per-bucket loop), and the window holds exactly the outcomes of the last day."""
+    clock = VirtualClock()
+    b = untrippable("idle-day", r, TimeWindow(86_400))
+    clock.attach(b)
+    for _ in range(50):
+        clock.advance(1)
+        fail_n(b.call, 1)
+    clock.advance(1)
+    busy = commands_of(r, lambda: fail_n(b.call, 1))
+    clock.advance(80_000)
+    idle = commands_of(r, lambda: fail_n(b.call, 1))
+    assert idle <= busy + 2, (idle, busy)  # + dropping the buckets that fell out: 2 commands
+    assert b.snapshot().calls == 52
+    clock.advance(86_399)  # everything but the newest failure falls out
+    assert b.snapshot().calls == 1
+
+
+def test_count_window_cost_does_not_grow_with_its_size(r: redis.Redis) -> None:
+    """A failure in a full CountWindow(100000) runs the same commands as in a
+    CountWindow(100), and the breaker's state hash stays small (the ring is its own
+    key, written one slot at a time)."""
+    costs = {}
+    for size in (100, 100_000):
+        b = untrippable(f"ring-{size}", r, CountWindow(size))
+        for _ in range(size):
+            b.call(ok)
+        b.sync()  # the window is full of successes
+        fail_n(b.call, 1)
+        costs[size] = commands_of(r, lambda b=b: fail_n(b.call, 1))
+        snap = b.snapshot()
+        assert (snap.calls, snap.failures) == (size, 2)
+        state = b.keys[0]
+        assert max(r.hstrlen(state, f) for f in r.hkeys(state)) < 200  # no field holds the ring
+    assert costs[100_000] == costs[100]
 
 
 # -- 6. a count window smaller than minimum_calls --------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from redisbreaker import ConfigurationError, SharedBreaker, scripts
 from redisbreaker.celery import shared_breaker
 from redisbreaker.celery.settings import Settings, broker_redis_url, check_eviction
 from redisbreaker.celery.task import BreakerSpec, spec_of
+from redisbreaker.testing import VirtualClock
 
 
 def _spec(task: Any) -> BreakerSpec:
@@ -183,9 +183,11 @@ def _claim(r: redis.Redis, breaker: SharedBreaker, me: str, mode: str = "trial")
 
 def test_claim_gives_the_trial_to_exactly_one_of_many_workers(r: redis.Redis) -> None:
     """At the deadline, 30 workers claim at once: exactly one gets 'trial'."""
-    breaker = SharedBreaker("claim", client=r, fail_max=1, reset_timeout=0.2)
+    clock = VirtualClock()
+    breaker = SharedBreaker("claim", client=r, fail_max=1, reset_timeout=30)
+    clock.attach(breaker)
     assert _claim(r, breaker, "w0")[0] == "resume"
-    breaker.open(0.2)
+    breaker.open(30)
     assert _claim(r, breaker, "w0")[0] == "wait"
     barrier = threading.Barrier(30)
     replies: list[str] = []
@@ -194,7 +196,7 @@ def test_claim_gives_the_trial_to_exactly_one_of_many_workers(r: redis.Redis) ->
         barrier.wait()
         replies.append(_claim(r, breaker, f"w{i}")[0])
 
-    time.sleep(0.25)
+    clock.advance(31)
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(30)]
     for t in threads:
         t.start()
@@ -204,18 +206,21 @@ def test_claim_gives_the_trial_to_exactly_one_of_many_workers(r: redis.Redis) ->
     assert replies.count("wait") == 29
     # A re-open is a new open period: the old lease no longer holds.
     winner = next(f"w{i}" for i in range(30) if _claim(r, breaker, f"w{i}")[0] == "trial")
-    breaker.open(0.05)
-    time.sleep(0.1)
+    breaker.open(5)
+    clock.advance(6)
     other = "w29" if winner != "w29" else "w28"
     assert _claim(r, breaker, other)[0] == "trial"
 
 
 def test_claim_in_manual_mode_resumes_everyone_at_the_deadline(r: redis.Redis) -> None:
     """A manual pause has no trial: after its deadline every worker resumes."""
+    clock = VirtualClock()
     breaker = SharedBreaker("manual", client=r, fail_max=1, reset_timeout=1.0)
+    clock.attach(breaker)
     breaker.force_open()
     assert _claim(r, breaker, "a", "manual")[:1] == ["wait"]
-    breaker.open(0.05)
-    time.sleep(0.1)
+    breaker.open(5)
+    assert _claim(r, breaker, "a", "manual")[0] == "wait"
+    clock.advance(6)
     assert _claim(r, breaker, "a", "manual")[0] == "resume"
     assert _claim(r, breaker, "b", "manual")[0] == "resume"

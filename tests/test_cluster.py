@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from redis.exceptions import RedisClusterException
 from redisbreaker import CircuitOpenError, SharedBreaker, State
 from redisbreaker.config import client_from_url
 from redisbreaker.embedded import RedisCluster
+from redisbreaker.testing import VirtualClock
 from tests.helpers import fail_n, ok
 
 pytestmark = pytest.mark.cluster
@@ -30,11 +30,13 @@ def cc(redis_cluster: RedisCluster) -> Iterator[ClusterClient]:
 @pytest.mark.parametrize("name", ["payments", "a{b}c", "}{", b"\x00{\xff"])
 def test_full_cycle_on_cluster(cc: ClusterClient, name: str | bytes) -> None:
     """Trip, refuse, half-open trial and close, on a cluster, for odd names too."""
-    b = SharedBreaker(name, client=cc, fail_max=2, reset_timeout=0.2)
+    clock = VirtualClock()
+    b = SharedBreaker(name, client=cc, fail_max=2, reset_timeout=30)
+    clock.attach(b)
     fail_n(b.call, 2)
     with pytest.raises(CircuitOpenError):
         b.call(ok)
-    time.sleep(0.25)
+    clock.advance(31)
     assert b.call(ok) == "ok"
     assert b.snapshot().state is State.CLOSED
 

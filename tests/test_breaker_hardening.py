@@ -28,7 +28,7 @@ from redisbreaker.events import hub_for
 from redisbreaker.options import BreakerOptions
 from redisbreaker.state import Transition
 from redisbreaker.testing import VirtualClock
-from tests.helpers import Boom, boom, fail_n, ok, script_calls, wait_for
+from tests.helpers import Boom, boom, fail_n, ok, script_calls, settle_hub, wait_for
 
 
 def client_of(r: redis.Redis) -> redis.Redis:
@@ -448,6 +448,7 @@ def test_different_settings_warn_once_naming_them(
 
 def test_closed_call_after_open_is_refused_locally(r: redis.Redis) -> None:
     """The failure that trips caches the open deadline: the next call costs no round trip."""
+    _probe = settle_hub(r)  # no subscription confirmed later drops the cached view
     b = SharedBreaker("trip-cache", client=r, fail_max=1, reset_timeout=60)
     fail_n(b.call, 1)
     before = script_calls(r)

@@ -36,9 +36,9 @@ if s.my_ack == 0 and s.acked < s.n then
   tx_set(s, 'a:' .. p, '1')
   tx_set(s, 'acked', s.acked)
   if s.acked >= s.n then
-    -- Everyone is done: the handlers' payload and the claim are no longer needed; the
-    -- rest (decision, votes, members, acks) stays until the TTL set at the decision.
-    tx_set(s, 'payload', '')
+    -- Everyone is done: the claim is no longer needed. The rest (decision, votes,
+    -- members, acks, and the payload, which a participant that staged after the
+    -- decision needs to run its rollback) stays until the TTL set at the decision.
     tx_set(s, 'claim', '')
   end
 end

@@ -88,6 +88,7 @@ SCRIPT_NAMES = (
     "tx_ack",
     "tx_claim",
     "tx_dispatched",
+    "tx_payload",
 )
 
 
@@ -519,6 +520,19 @@ def parse_claim(tx: str, reply: Any) -> Claim:
     )
 
 
+def parse_payload(tx: str, reply: Any) -> tuple[Outcome, bytes]:
+    """The reply of ``tx_payload``: the outcome so far and the payload given at begin."""
+    code = _code(tx, reply)
+    if code != "ok" or len(reply) != 3:
+        raise _refusal(tx, code, reply, None)
+    try:
+        outcome = Outcome(_text(reply[1]))
+    except ValueError:
+        raise CorruptStateError(f"transaction {tx!r}: payload reply {reply!r}") from None
+    payload = reply[2] if isinstance(reply[2], bytes) else _text(reply[2]).encode()
+    return outcome, payload
+
+
 def parse_dispatched(tx: str, reply: Any) -> tuple[bool, bool]:
     if isinstance(reply, list | tuple) and len(reply) == 2 and not isinstance(reply[0], bytes):
         return bool(_int(tx, "held", reply[0], 0, 1)), bool(_int(tx, "done", reply[1], 0, 1))
@@ -791,19 +805,37 @@ MAX_GRACE = 24 * 3600.0
 
 
 class TxBase:
-    """State and plan builders of a transaction handle; the shells add only the I/O."""
+    """State and plan builders of a transaction handle; the shells add only the I/O.
+
+    The client is resolved on first use, as breakers do: a handle can be made at
+    import time, before ``configure()``.
+    """
 
     id: str
+    prefix: str
     _keys: Keys
     _ctx: Context
     # Tests replace this with a virtual clock (ms); None means the server's TIME.
     _clock_ms: ClockMs | None
+    _given_client: Any
 
-    def _setup(self, tx: object, prefix: str, grace: object) -> None:
+    def _setup(self, tx: object, prefix: str, grace: object, client: Any) -> None:
         self.id = tx_id(tx)
+        self.prefix = prefix
         self._keys = Keys.of(prefix, self.id)
         self._ctx = Context(self.id, seconds(grace, "grace", MAX_GRACE))
         self._clock_ms = None
+        self._given_client = client
+
+    @property
+    def _client(self) -> Any:
+        client = self._given_client
+        if client is None:
+            client = self._given_client = self._default_client()
+        return client
+
+    def _default_client(self) -> Any:
+        raise NotImplementedError
 
     def _request(
         self,
@@ -867,6 +899,10 @@ class TxBase:
         p = participant_id(participant)
         parse = functools.partial(parse_view, self.id, participant=p)
         return self._request(f"ack of {p!r}", "tx_ack", (p,), parse, now, p)
+
+    def _payload_plan(self, now: float) -> Request[tuple[Outcome, bytes]]:
+        parse = functools.partial(parse_payload, self.id)
+        return self._request("payload", "tx_payload", (), parse, now)
 
     def _claim_plan(self, token: str, lease_ms: int, now: float) -> Request[Claim]:
         parse = functools.partial(parse_claim, self.id)

@@ -6,8 +6,8 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from types import CoroutineType, TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
@@ -123,6 +123,15 @@ class SharedBreaker(BreakerBase):
         except BaseException as exc:
             self._send(self._core.finish(ticket, exc, now() - start))
             raise
+        if type(result) is CoroutineType:  # (a type check: the hot path stays cheap)
+            # An async function: nothing ran but the coroutine's creation. Count
+            # nothing (a trial permit is handed back) and say which class to use.
+            cast("CoroutineType[Any, Any, Any]", result).close()
+            self._send(self._core.finish_code(ticket, "x"))
+            raise TypeError(
+                f"{fn!r} returned a coroutine: await it through "
+                "redisbreaker.aio.SharedBreaker (this breaker is for sync functions)"
+            )
         self._send(self._core.finish(ticket, None, now() - start))
         return result
 

@@ -6,11 +6,14 @@ client that every object uses unless it is given ``client=``. Accepted URLs:
 * ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS);
 * ``unix://[user:password@]/path/to/redis.sock[?db=N]``;
 * ``redis+cluster://host:port[,host:port...]`` and ``rediss+cluster://`` for Redis
-  Cluster (any reachable node; the rest are discovered), or pass a ``RedisCluster``.
+  Cluster (any reachable node; the rest are discovered), or pass a ``RedisCluster``;
+* ``fakeredis://[name]`` for tests: an in-memory fakeredis server (``fakeredis[lua]``,
+  the ``testing`` extra), one per name and process, shared by every client of that URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -36,7 +39,7 @@ logger = logging.getLogger("redisbreaker")
 ENV_URL = "REDISBREAKER_URL"
 ENV_PREFIX = "REDISBREAKER_PREFIX"
 
-_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "fakeredis")
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -78,6 +81,8 @@ def parse_url(url: object) -> ParsedUrl:
         raise ConfigurationError(
             f"Redis URL {shown!r} has scheme {parts.scheme!r}; expected one of {_SCHEMES}"
         )
+    if parts.scheme == "fakeredis":
+        return ParsedUrl("fakeredis", url, ())
     if parts.scheme == "unix":
         if not parts.path:
             raise ConfigurationError(f"Redis URL {shown!r} names no socket path")
@@ -125,6 +130,9 @@ def _credentials(parts: SplitResult) -> dict[str, Any]:
 def client_from_url(url: str, **options: Any) -> SyncClient:
     """A redis-py client for ``url`` (``redis.Redis`` or ``redis.cluster.RedisCluster``)."""
     parsed = parse_url(url)
+    if parsed.scheme == "fakeredis":
+        fake = _fakeredis()
+        return fake.FakeRedis(server=_fake_server(url))  # type: ignore[no-any-return]
     if parsed.is_cluster:
         parts = urlsplit(url)
         # redis-py leaves ClusterNode.__init__ unannotated.
@@ -147,6 +155,9 @@ def client_from_url(url: str, **options: Any) -> SyncClient:
 def async_client_from_url(url: str, **options: Any) -> AsyncClient:
     """The asyncio twin of :func:`client_from_url`."""
     parsed = parse_url(url)
+    if parsed.scheme == "fakeredis":
+        fake = _fakeredis()
+        return fake.FakeAsyncRedis(server=_fake_server(url))  # type: ignore[no-any-return]
     if parsed.is_cluster:
         parts = urlsplit(url)
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in parsed.cluster_nodes]
@@ -160,6 +171,29 @@ def async_client_from_url(url: str, **options: Any) -> AsyncClient:
     options.setdefault("retry", AsyncRetry(AsyncNoBackoff(), 0))
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, **{**POOL_DEFAULTS, **options})
     return redis.asyncio.Redis(connection_pool=pool)
+
+
+_fake_servers: dict[str, Any] = {}
+_fake_lock = threading.Lock()
+
+
+def _fakeredis() -> Any:
+    try:
+        import fakeredis
+    except ImportError:
+        raise ConfigurationError(
+            "fakeredis:// URLs need fakeredis with Lua: pip install 'redisbreaker[testing]'"
+        ) from None
+    return fakeredis
+
+
+def _fake_server(url: str) -> Any:
+    """The process's fakeredis server for ``url`` (one per name, made on first use)."""
+    with _fake_lock:
+        server = _fake_servers.get(url)
+        if server is None:
+            server = _fake_servers[url] = _fakeredis().FakeServer()
+        return server
 
 
 # Every client we build gets bounded timeouts, so an unreachable Redis turns into an
@@ -214,6 +248,7 @@ def configure(
             _defaults.url = url
             _defaults.client = client
             _defaults.options = dict(client_options)
+            _async_clients.clear()
         if new_prefix is not None:
             _defaults.prefix = new_prefix
 
@@ -243,8 +278,29 @@ def default_client() -> SyncClient:
 
 
 def default_async_client() -> AsyncClient:
-    """A new asyncio client for the configured URL (asyncio clients bind to a loop)."""
-    return async_client_from_url(default_url(), **{**CLIENT_DEFAULTS, **_defaults.options})
+    """The asyncio client for the configured URL, one per event loop (an asyncio
+    client belongs to the loop it was first used in)."""
+    try:
+        loop: Any = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    with _defaults.lock:
+        found = _async_clients.get(loop) if loop is not None else None
+    if found is None:
+        found = async_client_from_url(default_url(), **{**CLIENT_DEFAULTS, **_defaults.options})
+        if loop is not None:
+            with _defaults.lock:
+                found = _async_clients.setdefault(loop, found)
+    return found
+
+
+_async_clients: weakref.WeakKeyDictionary[Any, AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def is_configured() -> bool:
+    """Whether ``configure()`` or ``REDISBREAKER_URL`` names a Redis (the defaults'
+    place in the Celery integration's order; see :mod:`redisbreaker.celery.settings`)."""
+    return bool(_defaults.client is not None or _defaults.url or os.environ.get(ENV_URL))
 
 
 def default_prefix() -> str:
@@ -254,12 +310,17 @@ def default_prefix() -> str:
     return _defaults.prefix
 
 
-def _reset_for_tests() -> None:
+def reset() -> None:
+    """Forget ``configure()`` and the clients built from it (and every ``fakeredis://``
+    server): the state of a fresh process. For tests; ``REDISBREAKER_URL`` still applies."""
     with _defaults.lock:
         _defaults.url = None
         _defaults.client = None
         _defaults.prefix = DEFAULT_PREFIX
         _defaults.options = {}
+        _async_clients.clear()
+    with _fake_lock:
+        _fake_servers.clear()
 
 
 def risky_client_settings(client: object) -> list[str]:
@@ -291,6 +352,8 @@ _warned_clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def warn_risky_client(client: object) -> None:
     """Log one WARNING per client whose settings would stall calls during an outage."""
+    if type(client).__module__.startswith("fakeredis"):
+        return  # in memory: nothing to stall
     try:
         if client in _warned_clients:
             return

@@ -180,6 +180,10 @@ class BreakerCore:
             code = "2" if slow is not None and duration > slow else "0"
         else:
             code = self.options.outcome(exc, duration)
+        return self.finish_code(ticket, code)
+
+    def finish_code(self, ticket: Ticket, code: str) -> ScriptCall | None:
+        """:meth:`finish` with the outcome code decided (``"x"``: count nothing)."""
         if ticket.local or (ticket.record and self.outage_since is not None):
             # Redis is known to be down: never stall on it; the stand-in (if any) counts.
             self._local_record(ticket, code)

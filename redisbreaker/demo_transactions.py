@@ -20,10 +20,11 @@ from typing import Any
 
 from celery import Celery
 
-from redisbreaker.celery.transactions import Mode, handler, install, staged, start_transaction
+import redisbreaker.celery
+from redisbreaker.celery.transactions import Mode, handler, staged, start_transaction, transaction
 from redisbreaker.config import SyncClient, client_from_url
 from redisbreaker.testing_workers import CeleryWorker
-from redisbreaker.transaction import Decision, Transaction
+from redisbreaker.transaction import Decision
 
 app = Celery("redisbreaker.demo_transactions")
 app.conf.update(
@@ -32,7 +33,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )
-install(app)
+redisbreaker.celery.install(app)
 
 
 def db_path(db_dir: str, participant: str | int) -> Path:
@@ -81,7 +82,7 @@ def insert_blocking(
     conn = _connect(db_dir, participant)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        with Transaction(tx_id).participate(
+        with transaction(tx_id).participate(
             participant,
             commit=lambda: conn.execute("COMMIT"),
             rollback=lambda: conn.execute("ROLLBACK"),

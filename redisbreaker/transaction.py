@@ -75,8 +75,10 @@ class Transaction(core.TxBase):
         prefix: str | None = None,
         grace: float = core.DEFAULT_GRACE,
     ) -> None:
-        self._setup(tx_id, prefix if prefix is not None else default_prefix(), grace)
-        self._client: Any = client if client is not None else default_client()
+        self._setup(tx_id, prefix if prefix is not None else default_prefix(), grace, client)
+
+    def _default_client(self) -> Any:
+        return default_client()
 
     def __repr__(self) -> str:
         return f"<Transaction {self.id!r}>"
@@ -251,6 +253,10 @@ class Transaction(core.TxBase):
             result.acked = True
 
     # --- handler dispatch (callback mode) -------------------------------------------
+
+    def payload(self) -> tuple[Outcome, bytes]:
+        """The outcome so far and the ``payload`` given at :meth:`begin`."""
+        return self._run(self._payload_plan(time.monotonic()))
 
     def _claim(self, token: str, lease_ms: int = core.DEFAULT_CLAIM_LEASE_MS) -> Claim:
         return self._run(self._claim_plan(token, lease_ms, time.monotonic()))

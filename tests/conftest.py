@@ -13,6 +13,9 @@ import redis
 import redisbreaker.config
 from redisbreaker.embedded import RedisCluster, RedisServer, ServerStartError
 
+# The fixtures users get (redisbreaker_fake, redisbreaker_redis): tested here too.
+pytest_plugins = ["redisbreaker.testing.pytest_plugin"]
+
 
 def _start(server: RedisServer) -> RedisServer:
     try:
@@ -67,6 +70,6 @@ def redis_cluster() -> Iterator[RedisCluster]:
 @pytest.fixture(autouse=True)
 def _fresh_defaults() -> Iterator[None]:
     """Each test starts with no configured default client."""
-    redisbreaker.config._reset_for_tests()
+    redisbreaker.config.reset()
     yield
-    redisbreaker.config._reset_for_tests()
+    redisbreaker.config.reset()

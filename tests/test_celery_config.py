@@ -119,7 +119,7 @@ def test_settings_fall_back_to_a_redis_broker() -> None:
     assert broker_redis_url("redis+socket:///tmp/r.sock") == "unix:///tmp/r.sock"
     assert broker_redis_url("amqp://guest@h//") is None
     conf = Settings.from_conf(_app(broker_url="redis://h:1/3").conf)
-    assert conf.url == "redis://h:1/3"
+    assert conf.broker_url == "redis://h:1/3"
     assert conf.visibility_timeout == 3600
     amqp = Settings.from_conf(_app(broker_url="amqp://h//").conf)
     with pytest.raises(ConfigurationError, match="redisbreaker_url"):

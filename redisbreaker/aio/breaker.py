@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -116,7 +117,15 @@ class SharedBreaker(BreakerBase):
         now = self._core.now
         start = now()
         try:
-            result = await fn(*args, **kwargs)
+            awaitable = fn(*args, **kwargs)
+            if not inspect.isawaitable(awaitable):
+                raise _NotAwaitable(fn, awaitable)
+            result = await awaitable
+        except _NotAwaitable as misuse:
+            # A sync function: it ran, but its result says nothing the breaker should
+            # count as the outcome of an awaited call. Count nothing; name the class.
+            await self._send(self._core.finish_code(ticket, "x"))
+            raise TypeError(str(misuse)) from None
         except BaseException as exc:
             await self._send(self._core.finish(ticket, exc, now() - start))
             raise
@@ -125,6 +134,10 @@ class SharedBreaker(BreakerBase):
 
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         """Decorate a coroutine function so every call goes through the breaker."""
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"{fn!r} is not a coroutine function: use redisbreaker.SharedBreaker for it"
+            )
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -171,3 +184,11 @@ class SharedBreaker(BreakerBase):
     async def reset(self) -> Snapshot:
         """Close the breaker cluster-wide and clear its counts."""
         return self._core.snapshot(await self._exchange(self._core.operate_call("reset")))
+
+
+class _NotAwaitable(Exception):
+    def __init__(self, fn: object, result: object) -> None:
+        super().__init__(
+            f"{fn!r} returned {type(result).__name__}, not an awaitable: use "
+            "redisbreaker.SharedBreaker for sync functions (this breaker awaits)"
+        )

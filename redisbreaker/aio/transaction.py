@@ -38,8 +38,10 @@ class Transaction(core.TxBase):
         prefix: str | None = None,
         grace: float = core.DEFAULT_GRACE,
     ) -> None:
-        self._setup(tx_id, prefix if prefix is not None else default_prefix(), grace)
-        self._client: Any = client if client is not None else default_async_client()
+        self._setup(tx_id, prefix if prefix is not None else default_prefix(), grace, client)
+
+    def _default_client(self) -> Any:
+        return default_async_client()
 
     def __repr__(self) -> str:
         return f"<aio.Transaction {self.id!r}>"
@@ -179,6 +181,10 @@ class Transaction(core.TxBase):
         with core.logged(self.id, p, "ack"):
             result.decision = await self.ack(p)
             result.acked = True
+
+    async def payload(self) -> tuple[Outcome, bytes]:
+        """The outcome so far and the ``payload`` given at :meth:`begin`."""
+        return await self._run(self._payload_plan(time.monotonic()))
 
     async def _claim(self, token: str, lease_ms: int = core.DEFAULT_CLAIM_LEASE_MS) -> Claim:
         return await self._run(self._claim_plan(token, lease_ms, time.monotonic()))

@@ -1,6 +1,6 @@
 """Celery integration: ``install(app)``, ``@shared_breaker``, and manual ``pause``/``resume``.
 
-See docs/celery.md. In short::
+See the README's Celery section. In short::
 
     app = Celery(broker="redis://localhost:6379/0")
     redisbreaker.celery.install(app)
@@ -19,8 +19,9 @@ from celery import signals
 
 from redisbreaker.celery.gate import ConsumptionGate, manual_breaker
 from redisbreaker.celery.scopes import SCOPES, Scope, check_scope
-from redisbreaker.celery.settings import Settings, settings_for
+from redisbreaker.celery.settings import Settings, mark_installed, settings_for
 from redisbreaker.celery.task import ON_OPEN, BreakerSpec, OnOpen, shared_breaker
+from redisbreaker.celery.transactions import register_watchdog
 from redisbreaker.errors import ConfigurationError
 from redisbreaker.options import open_seconds
 from redisbreaker.state import Snapshot
@@ -39,25 +40,25 @@ __all__ = [
     "ON_OPEN",
 ]
 
-_INSTALLED = "_redisbreaker_installed"
-
 
 def install(app: Any) -> None:
-    """Register the consumption gate on ``app`` and per-process Redis clients.
+    """Set up everything the integration needs on ``app``, in every process that loads
+    it (workers and producers): the consumption gate (a consumer bootstep, for
+    ``pause=``), per-process Redis clients after fork, and the transaction watchdog
+    task (callback mode's safety net). Calling it twice is harmless.
 
-    Settings are read from ``app.conf`` (``redisbreaker_*``) when the worker starts;
-    calling this twice is harmless.
+    Settings are read from ``app.conf`` (``redisbreaker_*``) on first use.
     """
-    if getattr(app, _INSTALLED, False):
+    if not mark_installed(app):
         return
     app.steps["consumer"].add(ConsumptionGate)
+    register_watchdog(app)
 
     def on_process_init(**_: Any) -> None:
         # A prefork child must not share its parent's sockets: make its own client now.
         settings_for(app).client()
 
     signals.worker_process_init.connect(on_process_init, weak=False)
-    setattr(app, _INSTALLED, True)
 
 
 def _key(app: Any, scope: Scope, queue: str | None, worker: str | None, host: str | None) -> str:

@@ -273,7 +273,7 @@ class GateController:
             self.apply()
 
     def _on_tick(self) -> None:
-        if self._wanted() == self.applied:
+        if self._wanted() == self.applied and not self._overridden():
             return
         c = self.consumer
         if c.hub is not None:
@@ -281,11 +281,28 @@ class GateController:
         else:
             c.call_soon(self.apply)  # a threaded timer: hand over to the consumer
 
+    def _overridden(self) -> frozenset[str]:
+        """Queues this gate paused that the consumer consumes again (someone ran
+        ``celery control add_consumer``, which knows nothing of the breaker)."""
+        if not self.applied:
+            return frozenset()
+        tc = self.consumer.task_consumer
+        if tc is None:
+            return frozenset()
+        return self.applied & {q.name for q in tc.queues}
+
     def apply(self) -> None:
         c = self.consumer
         if c.task_consumer is None:
             return
         wanted = self._wanted()
+        for q in sorted(self._overridden() & wanted):
+            logger.warning(
+                "redisbreaker gate: %s: queue %s was resumed from outside (add_consumer?) "
+                "while its breaker keeps it paused; pausing it again. To end a pause, use "
+                "redisbreaker.celery.resume(...) (or reset the breaker).", self.worker_id, q,
+            )  # fmt: skip
+            c.cancel_task_queue(q)
         for q in self.queues:
             if q in wanted and q not in self.applied:
                 logger.warning("redisbreaker gate: %s pauses queue %s", self.worker_id, q)

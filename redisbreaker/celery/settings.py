@@ -17,7 +17,7 @@ from typing import Any
 
 from redisbreaker import config
 from redisbreaker.errors import ConfigurationError
-from redisbreaker.keys import DEFAULT_PREFIX, validate_prefix
+from redisbreaker.keys import validate_prefix
 from redisbreaker.options import OutagePolicy
 
 logger = logging.getLogger("redisbreaker.celery")
@@ -56,10 +56,23 @@ def broker_redis_url(broker_url: object) -> str | None:
 
 @dataclass
 class Settings:
-    """What the Celery integration reads from ``app.conf``; see docs/celery.md."""
+    """What the Celery integration reads from ``app.conf`` (see the README's table).
 
-    url: str | None
-    prefix: str
+    Every part of the integration (breakers, the gate, transactions, handlers, the
+    watchdog) finds its Redis here, by one rule, first match wins:
+
+    1. an explicit ``client=`` argument (in the call that takes it);
+    2. ``app.conf.redisbreaker_url``;
+    3. ``redisbreaker.configure(...)`` or the ``REDISBREAKER_URL`` environment variable;
+    4. the broker URL, when the broker is Redis.
+
+    The key prefix follows the same order: ``redisbreaker_prefix``, then
+    ``configure(prefix=...)`` or ``REDISBREAKER_PREFIX``, then ``"rb:"``.
+    """
+
+    conf_url: str | None  # app.conf.redisbreaker_url
+    broker_url: str | None  # the broker URL as a redis-py URL, when the broker is Redis
+    conf_prefix: str | None
     socket_timeout: float
     connect_timeout: float
     on_outage: OutagePolicy | None
@@ -70,14 +83,20 @@ class Settings:
     _clients: dict[int, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __repr__(self) -> str:
+        return (
+            f"<redisbreaker Settings redis from {self.source()}, prefix={self.prefix!r}, "
+            f"on_outage={self.on_outage and self.on_outage.value!r}>"
+        )
+
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
         url = conf.get("redisbreaker_url")
         if url is not None:
             config.parse_url(url)
-        else:
-            url = broker_redis_url(conf.get("broker_url"))
-        prefix = validate_prefix(conf.get("redisbreaker_prefix") or DEFAULT_PREFIX)
+        prefix = conf.get("redisbreaker_prefix")
+        if prefix is not None:
+            validate_prefix(prefix)
         outage = conf.get("redisbreaker_on_outage")
         policy = None
         if outage is not None:
@@ -91,13 +110,15 @@ class Settings:
         hostname = conf.get("redisbreaker_hostname") or socket.gethostname()
         if not isinstance(hostname, str):
             raise ConfigurationError(f"redisbreaker_hostname must be a str, got {hostname!r}")
+        broker = broker_redis_url(conf.get("broker_url"))
         visibility: float | None = None
-        if broker_redis_url(conf.get("broker_url")) is not None:
+        if broker is not None:
             options = conf.get("broker_transport_options") or {}
             visibility = float(options.get("visibility_timeout", 3600))
         return cls(
-            url=url,
-            prefix=prefix,
+            conf_url=url,
+            broker_url=broker,
+            conf_prefix=prefix,
             socket_timeout=_number(conf, "redisbreaker_socket_timeout", 2.0),
             connect_timeout=_number(conf, "redisbreaker_connect_timeout", 2.0),
             on_outage=policy,
@@ -107,19 +128,37 @@ class Settings:
             visibility_timeout=visibility,
         )
 
+    @property
+    def prefix(self) -> str:
+        return self.conf_prefix if self.conf_prefix is not None else config.default_prefix()
+
+    def source(self) -> str:
+        """Where this app's Redis comes from, for messages (never the URL itself)."""
+        if self.conf_url is not None:
+            return "app.conf.redisbreaker_url"
+        if config.is_configured():
+            return "redisbreaker.configure() / REDISBREAKER_URL"
+        if self.broker_url is not None:
+            return "the broker URL"
+        return "nowhere"
+
     def client(self) -> Any:
-        """This process's Redis client for breakers (a new one after fork)."""
+        """This process's Redis client, by the rule above (a new one after fork)."""
+        if self.conf_url is None and config.is_configured():
+            return config.default_client()
+        url = self.conf_url or self.broker_url
+        if url is None:
+            raise ConfigurationError(
+                "redisbreaker: no Redis configured: set app.conf.redisbreaker_url, call "
+                "redisbreaker.configure(url=...) or set REDISBREAKER_URL (the broker is not "
+                "Redis, so its URL cannot be reused)"
+            )
         pid = os.getpid()
         with self._lock:
             found = self._clients.get(pid)
             if found is None:
-                if self.url is None:
-                    raise ConfigurationError(
-                        "redisbreaker: no Redis URL: set app.conf.redisbreaker_url "
-                        "(the broker is not Redis, so its URL cannot be reused)"
-                    )
                 found = config.client_from_url(
-                    self.url,
+                    url,
                     socket_timeout=self.socket_timeout,
                     socket_connect_timeout=self.connect_timeout,
                 )
@@ -129,9 +168,20 @@ class Settings:
                 self._clients[pid] = found
             return found
 
-    def forget_clients(self) -> None:
-        with self._lock:
-            self._clients.clear()
+
+_INSTALLED = "_redisbreaker_installed"
+
+
+def mark_installed(app: Any) -> bool:
+    """Mark ``app`` as set up by ``install``; False if it already was."""
+    if getattr(app, _INSTALLED, False):
+        return False
+    setattr(app, _INSTALLED, True)
+    return True
+
+
+def is_installed(app: Any) -> bool:
+    return bool(getattr(app, _INSTALLED, False))
 
 
 def settings_for(app: Any) -> Settings:

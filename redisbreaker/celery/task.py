@@ -13,16 +13,18 @@ import logging
 import os
 import random
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar, Unpack
 
+from celery import signals
 from celery.exceptions import Ignore, Reject, Retry
 
 from redisbreaker._base import BreakerSettings
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.celery.scopes import Scope, resolve_pause, scoped_name
-from redisbreaker.celery.settings import settings_for
+from redisbreaker.celery.settings import is_installed, settings_for
 from redisbreaker.errors import CircuitOpenError, ConfigurationError
 from redisbreaker.options import BreakerOptions
 
@@ -39,7 +41,8 @@ T = TypeVar("T")
 
 # Proxies of tasks not created yet (app not finalized) that are already wrapped: their
 # objects cannot carry attributes, and touching them would create the task too early.
-_wrapped_proxies: set[int] = set()
+# The proxies are kept alive here so that an id is never reused by another proxy.
+_wrapped_proxies: dict[int, Any] = {}
 _wrapped_lock = threading.Lock()
 
 
@@ -113,6 +116,8 @@ class BreakerSpec:
         self, task: Any, original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         request = task.request
+        if self.pause is not None and not is_installed(self.app):
+            _warn_not_installed(self.app, self.task_name)
         breaker = self.breaker(self.scope_key(task, request))
         try:
             return breaker.call(original, *args, **kwargs)
@@ -145,7 +150,11 @@ class BreakerSpec:
             return None
         if policy == "reject":
             raise Reject(exc, requeue=True)
-        countdown = self.open_countdown(exc.retry_after)
+        # A worker- or host-scoped breaker speaks for this worker only: another worker
+        # can run the task now, so it goes back at once (plus jitter). For the queue
+        # and cluster scopes nobody can run it before the breaker's deadline.
+        local = self.scope in ("worker", "host")
+        countdown = self.open_countdown(0.0 if local else exc.retry_after)
         if self.count_open_retries or request.called_directly or request.is_eager:
             raise task.retry(exc=exc, countdown=countdown)
         # Re-send with the same retries count: an open circuit says nothing about the
@@ -164,6 +173,41 @@ class BreakerSpec:
             # the Redis broker would deliver it a second time.
             countdown = min(countdown, conf.visibility_timeout * 0.5)
         return round(max(countdown, 0.0), 3)
+
+
+_warned_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _warn_not_installed(app: Any, task_name: str) -> None:
+    if app in _warned_apps:
+        return
+    _warned_apps.add(app)
+    logger.warning(
+        "redisbreaker: task %r has pause= but redisbreaker.celery.install(app) was not "
+        "called: no worker stops fetching while its breaker is open (calls are still "
+        "refused). Call install(app) where the app is defined.",
+        task_name,
+    )
+
+
+@signals.celeryd_after_setup.connect(weak=False)
+def _gate_missing(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """At worker start-up (logging is set up by then): an ERROR if tasks need the gate
+    and the app has none."""
+    app = getattr(instance, "app", None)
+    if app is None or is_installed(app):
+        return
+    paused = sorted(
+        name for name, task in app.tasks.items() if getattr(task, ATTR, None) is not None
+        and getattr(task, ATTR).pause is not None
+    )  # fmt: skip
+    if paused:
+        logger.error(
+            "redisbreaker: tasks %s declare pause= but redisbreaker.celery.install(app) was "
+            "not called on this app: this worker will keep fetching while their breakers "
+            "are open. Call redisbreaker.celery.install(app) where the app is defined.",
+            paused,
+        )
 
 
 def task_queues(app: Any, task_name: str) -> list[str]:
@@ -244,7 +288,7 @@ def shared_breaker(
             with _wrapped_lock:
                 if id(task) in _wrapped_proxies:
                     raise ConfigurationError("this task is already wrapped by shared_breaker")
-                _wrapped_proxies.add(id(task))
+                _wrapped_proxies[id(task)] = task
             opts = object.__getattribute__(task, "_Proxy__kwargs")
             if on_open == "reject" and opts.get("acks_late") is False:
                 raise ConfigurationError(

@@ -16,8 +16,8 @@ servers:
 	./scripts/ensure-servers.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check redisbreaker tests benchmarks
-	$(VENV)/bin/ruff format --check redisbreaker tests benchmarks
+	$(VENV)/bin/ruff check redisbreaker tests benchmarks examples
+	$(VENV)/bin/ruff format --check redisbreaker tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -30,8 +30,11 @@ test: $(STAMP) servers lint typecheck
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not cluster and not celery and not rabbitmq" tests/unit
 
-demo: $(STAMP)
-	$(PY) -m redisbreaker.demo
+# The examples in examples/, each on REDISBREAKER_URL or a private redis-server.
+demo: $(STAMP) servers
+	$(PY) examples/shared_breaker.py
+	$(PY) examples/broken_worker.py
+	$(PY) examples/transactions.py
 
 # The comparison suite: installs the pinned comparison libraries, then runs every case.
 bench: $(STAMP) servers

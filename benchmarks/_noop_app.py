@@ -20,7 +20,7 @@ import redis
 from celery import Celery, bootsteps, signals
 
 from redisbreaker import CircuitOpenError, SharedBreaker
-from redisbreaker.core import monotonic
+from redisbreaker.breaker_core import monotonic
 
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/0")
 MODE = os.environ.get("BENCH_GATED", "0")

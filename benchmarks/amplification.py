@@ -1,6 +1,6 @@
 """Suite 5: failure amplification (seed 001, scaled down): real Celery workers, one broken.
 
-Uses ``redisbreaker.demo_amplification.measure(url, with_breaker, ...)`` (the Celery
+Uses ``benchmarks.broken_worker.measure(url, with_breaker, ...)`` (the Celery
 helper's scenario: healthy workers take ``work`` seconds a task, the broken one fails
 at once). A per-host seed mode is used when ``measure`` offers one (a ``mode`` or
 ``approach`` parameter); otherwise that row says "not available".
@@ -28,7 +28,7 @@ def run(cfg: Config) -> SuiteResult:
     result = SuiteResult("amplification", "Amplification: one broken Celery worker of three",
                          COLUMNS)  # fmt: skip
     try:
-        from redisbreaker.demo_amplification import measure
+        from benchmarks.broken_worker import measure
     except ImportError as exc:
         result.available = False
         result.rows = [["all", f"not available: {exc}", "", "", "", "", ""]]

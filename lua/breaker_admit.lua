@@ -1,4 +1,4 @@
---! use: clock, msgpack, breaker, outcomes
+--! use: outcomes
 -- breaker_admit: may a call run now? Also reports the caller's queued outcomes and
 -- refreshes its cached view (the periodic sync of the hot path).
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua)

@@ -1,4 +1,4 @@
---! use: clock, msgpack, breaker
+--! use: breaker
 -- breaker_operate: an operator's command, applied cluster-wide.
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua)
 -- ARGV: [1..18] config; [OP] command: 'force_open' | 'disable' | 'reset' | 'open';

@@ -1,4 +1,4 @@
---! use: clock, msgpack, breaker, outcomes
+--! use: outcomes
 -- breaker_report: record a process's outcomes, in the order they completed. Also the
 -- explicit sync(): it reads the state and never takes a half-open permit.
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua)

@@ -1,4 +1,4 @@
---! use: clock, msgpack, breaker
+--! use: breaker
 -- breaker_snapshot: the shared state as it is now, for breaker.snapshot().
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua)
 -- ARGV: [1..18] config

@@ -1,4 +1,4 @@
---! use: clock, msgpack, breaker
+--! use: breaker
 -- gate_claim: may this paused worker consume again? Called by the Celery consumption
 -- gate (redisbreaker/celery/gate.py) when it polls, when a transition of the breaker
 -- is seen on pub/sub, and when a pause deadline passes.
@@ -12,8 +12,10 @@
 --   (stay paused; ms = time until the deadline or the lease ends, 0 = no deadline).
 -- Atomic because: the lease must be taken by exactly one worker of the scope, and
 -- only once the open period the gate saw has really ended by the server's clock.
--- The breaker itself is not changed: the trial task's own admit call moves it to
--- half-open, so the breaker's permit accounting stays the one source of truth.
+-- Writes nothing but L: the breaker's state is not saved (the trial task's own admit
+-- call moves it to half-open, so the breaker's permit accounting stays the one source
+-- of truth). Like every breaker script, loading clears a window stored for other
+-- window settings (lua/lib/breaker.lua `load`).
 local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end

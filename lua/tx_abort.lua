@@ -1,4 +1,4 @@
---! use: clock, msgpack, tx
+--! use: tx
 -- tx_abort: decide ROLLBACK from outside the votes (e.g. the launcher failed to send).
 -- KEYS[1]: the transaction's hash (see lib/tx.lua).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] reason.

@@ -1,4 +1,4 @@
---! use: clock, msgpack, tx
+--! use: tx
 -- tx_ack: a participant reports its commit or rollback done.
 -- KEYS[1]: the transaction's hash (see lib/tx.lua).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] participant.

@@ -1,4 +1,4 @@
---! use: clock, msgpack, tx
+--! use: tx
 -- tx_dispatched: record that the claim holder sent these participants' handlers.
 -- KEYS[1]: the transaction's hash (see lib/tx.lua).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] claim token, [5] lease ms,

@@ -1,4 +1,4 @@
---! use: clock, msgpack, tx
+--! use: tx
 -- tx_payload: read what `begin` stored for integrations (the Celery callback mode's
 -- handler signatures), e.g. to run one participant's handler again.
 -- KEYS[1]: the transaction's hash (see lib/tx.lua).

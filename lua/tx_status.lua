@@ -1,4 +1,4 @@
---! use: clock, msgpack, tx
+--! use: tx
 -- tx_status: read the tally and decision; decide ROLLBACK if the deadline has passed.
 -- KEYS[1]: the transaction's hash (see lib/tx.lua).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] participant to report on ("" none).

@@ -1,4 +1,4 @@
---! use: clock, msgpack, tx
+--! use: tx
 -- tx_vote: record one participant's vote and decide if it is decisive.
 -- KEYS[1]: the transaction's hash (see lib/tx.lua).
 -- ARGV: [1] clock override, [2] channel, [3] txid, [4] participant, [5] "1" yes / "0" no,

@@ -46,7 +46,7 @@ from typing import Any
 import redis
 
 from redisbreaker.breaker import SharedBreaker
-from redisbreaker.core import monotonic
+from redisbreaker.breaker_core import monotonic
 
 Op = Callable[[], object]
 
@@ -457,7 +457,7 @@ def redis_for(url: str | None) -> Iterator[str]:
         if url:
             yield url
             return
-        from redisbreaker.embedded import RedisServer
+        from redisbreaker.testing.servers import RedisServer
 
         server = stack.enter_context(RedisServer())
         yield server.url

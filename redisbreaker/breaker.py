@@ -1,4 +1,4 @@
-"""The sync ``SharedBreaker``: a thin I/O shell around :mod:`redisbreaker.core`."""
+"""The sync ``SharedBreaker``: a thin I/O shell around :mod:`redisbreaker.breaker_core`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
-from redisbreaker import _fork, config
-from redisbreaker._base import STORAGE_ERRORS, BreakerBase, decode
-from redisbreaker.core import SENDER_ROUNDS, ScriptCall, Ticket
+from redisbreaker import config, forking
+from redisbreaker.breaker_base import STORAGE_ERRORS, BreakerBase, decode
+from redisbreaker.breaker_core import SENDER_ROUNDS, GateVerdict, ScriptCall, Ticket
 from redisbreaker.errors import StorageError
 from redisbreaker.events import hub_for
 from redisbreaker.state import Snapshot, View
@@ -43,17 +43,22 @@ class SharedBreaker(BreakerBase):
 
     # -- Redis I/O -------------------------------------------------------------------
 
-    def _run(self, call: ScriptCall) -> View:
+    def _reply(self, call: ScriptCall) -> Any:
+        """Send ``call``; its raw reply, or the library's error."""
         script = self._bind()[call.script]
         try:
-            reply = script(keys=self._core.key_list, args=call.args)
+            reply = script(keys=[*self._core.key_list, *call.extra_keys], args=call.args)
             if self._unchecked():  # once per client, when the server has just answered
                 self._check_server()
         except STORAGE_ERRORS as exc:
-            raise self._storage_error(exc) from exc
+            raise self._storage_error(exc, call.script) from exc
         refusal = self._server_refusal()
         if refusal is not None:
             raise refusal
+        return reply
+
+    def _run(self, call: ScriptCall) -> View:
+        reply = self._reply(call)
         view, transition = self._core.apply(reply, self._core.now())
         self._notify(transition)
         return view
@@ -99,7 +104,7 @@ class SharedBreaker(BreakerBase):
     # -- one call ------------------------------------------------------------------
 
     def _admit(self) -> Ticket:
-        if self._epoch != _fork.epoch:
+        if self._epoch != forking.epoch:
             self._bind()  # first use, or first use in a forked child: join its hub now
         core = self._core
         now = core.now()
@@ -185,6 +190,11 @@ class SharedBreaker(BreakerBase):
     def disable(self) -> Snapshot:
         """Let every call through cluster-wide and record nothing, until :meth:`reset`."""
         return self._core.snapshot(self._exchange(self._core.operate_call("disable")))
+
+    def claim_gate(self, worker_id: str, lease_ms: int, mode: str) -> GateVerdict:
+        """For the Celery consumption gate: may paused worker ``worker_id`` consume
+        again? One script call; raises StorageError. See ``lua/gate_claim.lua``."""
+        return GateVerdict.parse(self._reply(self._core.gate_claim_call(worker_id, lease_ms, mode)))
 
     def reset(self) -> Snapshot:
         """Close the breaker cluster-wide and clear its counts."""

@@ -1,4 +1,4 @@
-"""The ``redisbreaker`` command line: ``redisbreaker bench`` and ``redisbreaker demo``."""
+"""The ``redisbreaker`` command line: ``redisbreaker bench``."""
 
 from __future__ import annotations
 
@@ -33,24 +33,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=_bench)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from redisbreaker.demo import main as demo_main
-
-    return demo_main()
-
-
-def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the shared breaker, the Celery gate and the vote tally end to end",
-        description="Uses REDISBREAKER_URL, else a private redis-server started for the run.",
-    )
-    p.set_defaults(handler=_demo)
-
-
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_bench,
-    _add_demo,
 ]
 
 

@@ -128,7 +128,9 @@ def _credentials(parts: SplitResult) -> dict[str, Any]:
 
 
 def client_from_url(url: str, **options: Any) -> SyncClient:
-    """A redis-py client for ``url`` (``redis.Redis`` or ``redis.cluster.RedisCluster``)."""
+    """A redis-py client for ``url`` (``redis.Redis`` or ``redis.cluster.RedisCluster``),
+    with the library's defaults (2 s timeouts, no retries inside redis-py, a blocking
+    pool); ``options`` override them."""
     parsed = parse_url(url)
     if parsed.scheme == "fakeredis":
         fake = _fakeredis()
@@ -144,9 +146,9 @@ def client_from_url(url: str, **options: Any) -> SyncClient:
             startup_nodes=nodes,
             ssl=parsed.scheme.startswith("rediss"),
             **_credentials(parts),
-            **options,
+            **{**CLIENT_DEFAULTS, **options},
         )
-    options = {**options}
+    options = {**CLIENT_DEFAULTS, **options}
     options.setdefault("retry", Retry(NoBackoff(), 0))
     pool = redis.BlockingConnectionPool.from_url(url, **{**POOL_DEFAULTS, **options})
     return redis.Redis(connection_pool=pool)
@@ -165,9 +167,9 @@ def async_client_from_url(url: str, **options: Any) -> AsyncClient:
             startup_nodes=nodes,
             ssl=parsed.scheme.startswith("rediss"),
             **_credentials(parts),
-            **options,
+            **{**CLIENT_DEFAULTS, **options},
         )
-    options = {**options}
+    options = {**CLIENT_DEFAULTS, **options}
     options.setdefault("retry", AsyncRetry(AsyncNoBackoff(), 0))
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, **{**POOL_DEFAULTS, **options})
     return redis.asyncio.Redis(connection_pool=pool)

@@ -1,10 +1,14 @@
 """Lua scripts: read once from the package, registered per client, called by SHA.
 
-Each operation is one file in ``lua/``. A script may start with a line
-``--! use: name[, name]`` to have ``lua/lib/<name>.lua`` prepended, so helpers
-shared by several operations are written once. The SHA of the combined text is
-the script's version; redis-py's ``Script`` sends EVALSHA and reloads the script
-on NOSCRIPT (after a ``SCRIPT FLUSH`` or a failover to a fresh replica).
+Each operation is one file in ``lua/``. A file (script or library) may start with a
+line ``--! use: name[, name]`` naming the libraries in ``lua/lib/`` it uses; they are
+resolved recursively, each included once, before the file that needs it, so the
+order in a header cannot break a script. The SHA of the combined text is the script's
+version; redis-py's ``Script`` sends EVALSHA and reloads the script on NOSCRIPT
+(after a ``SCRIPT FLUSH`` or a failover to a fresh replica).
+
+A Redis error names a line of the combined text (``user_script:123``);
+:func:`explain` adds the source file and line it came from.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import functools
 import re
 import threading
 import weakref
+from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol
 
 _USE = re.compile(r"^--! use: *([\w, ]+)$", re.MULTILINE)
+_LINE = re.compile(r"user_script:(\d+)")
 
 
 def _lua_root() -> Traversable:
@@ -30,17 +36,69 @@ def _lua_root() -> Traversable:
     return Path(__file__).resolve().parent.parent / "lua"
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """A script's full text and where each of its lines came from."""
+
+    text: str
+    parts: tuple[tuple[int, int, str], ...]  # (first line, line count, "lua/<path>")
+
+    def where(self, line: int) -> str | None:
+        """``lua/<file>:<line>`` for a line of :attr:`text` (1-based)."""
+        for first, count, path in self.parts:
+            if first <= line < first + count:
+                return f"{path}:{line - first + 1}"
+        return None
+
+
+def _uses(text: str) -> list[str]:
+    return [lib.strip() for m in _USE.finditer(text) for lib in m.group(1).split(",")]
+
+
 @functools.cache
+def compiled(name: str) -> Compiled:
+    """Script ``name`` (without ``.lua``) with every library it needs, recursively."""
+    root = _lua_root()
+    order: list[tuple[str, str]] = []  # (display path, text)
+    done: set[str] = set()
+
+    def include(lib: str, chain: tuple[str, ...]) -> None:
+        if lib in done:
+            return
+        if lib in chain:
+            raise RuntimeError(f"lua/lib/{lib}.lua: circular --! use: {' -> '.join(chain)}")
+        text = (root / "lib" / f"{lib}.lua").read_text(encoding="utf-8")
+        for dep in _uses(text):
+            include(dep, (*chain, lib))
+        done.add(lib)
+        order.append((f"lua/lib/{lib}.lua", text))
+
+    main = (root / f"{name}.lua").read_text(encoding="utf-8")
+    for lib in _uses(main):
+        include(lib, (name,))
+    order.append((f"lua/{name}.lua", main))
+    parts: list[tuple[int, int, str]] = []
+    line = 1
+    for path, text in order:
+        count = text.count("\n") + (0 if text.endswith("\n") else 1)
+        parts.append((line, count, path))
+        line += count + (1 if text.endswith("\n") else 0)  # the joining newline
+    return Compiled("\n".join(text for _, text in order), tuple(parts))
+
+
 def source(name: str) -> str:
     """The full text of script ``name`` (without ``.lua``), libraries included."""
-    root = _lua_root()
-    text = (root / f"{name}.lua").read_text(encoding="utf-8")
-    parts: list[str] = []
-    for match in _USE.finditer(text):
-        for lib in (s.strip() for s in match.group(1).split(",")):
-            parts.append((root / "lib" / f"{lib}.lua").read_text(encoding="utf-8"))
-    parts.append(text)
-    return "\n".join(parts)
+    return compiled(name).text
+
+
+def explain(name: str, message: str) -> str:
+    """``message`` (a Redis error from script ``name``) with the source file and line
+    its ``user_script:<line>`` came from, when it names one."""
+    found = _LINE.search(message)
+    if found is None:
+        return message
+    where = compiled(name).where(int(found.group(1)))
+    return f"{message} [{where}]" if where else message
 
 
 class _Registrar(Protocol):

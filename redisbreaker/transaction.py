@@ -14,7 +14,7 @@ Celery modes.
     conn.commit() if decision.committed else conn.rollback()
     tx.ack(i)
 
-This module is the thread shell: it runs the plans of :mod:`redisbreaker._txcore`
+This module is the thread shell: it runs the plans of :mod:`redisbreaker.tx_core`
 (which decide every retry, sleep and parse) with blocking I/O.
 """
 
@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 
 import redis.exceptions
 
-from redisbreaker import _txcore as core
-from redisbreaker._tx_waiters import Waiter, hub_for
-from redisbreaker._txcore import Claim, Decision, Outcome, ParticipantId, Tally
+from redisbreaker import tx_core as core
 from redisbreaker.config import SyncClient, default_client, default_prefix
 from redisbreaker.errors import StorageError, TransactionError
+from redisbreaker.tx_core import Claim, Decision, Outcome, ParticipantId, Tally
+from redisbreaker.tx_waiters import Waiter, hub_for
 
 __all__ = ["Decision", "Outcome", "Participation", "Tally", "Transaction"]
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import redisbreaker.config
-from redisbreaker.embedded import RedisCluster, RedisServer, ServerStartError
+from redisbreaker.testing.servers import RedisCluster, RedisServer, ServerStartError
 
 # The fixtures users get (redisbreaker_fake, redisbreaker_redis): tested here too.
 pytest_plugins = ["redisbreaker.testing.pytest_plugin"]

@@ -9,8 +9,8 @@ import redis.asyncio
 
 from redisbreaker import CircuitOpenError, State
 from redisbreaker.aio import SharedBreaker
-from redisbreaker.embedded import RedisServer
 from redisbreaker.testing import VirtualClock
+from redisbreaker.testing.servers import RedisServer
 from tests.helpers import Boom
 
 

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import pickle
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -147,42 +148,56 @@ def untrippable(name: str, r: redis.Redis, window: Any) -> SharedBreaker:
                          slow_call_duration=60.0, slow_call_rate_threshold=1.0)  # fmt: skip
 
 
-def test_time_window_first_call_after_a_long_idle_is_o1(r: redis.Redis) -> None:
+@pytest.fixture
+def quiet(private_redis: Any) -> Iterator[redis.Redis]:
+    """A server of the test's own, with the pub/sub hub settled: nothing else runs
+    commands while a test counts them."""
+    client = private_redis.client()
+    probe = settle_hub(client)  # kept alive: the hub holds its listeners weakly
+    yield client
+    del probe
+
+
+def test_time_window_first_call_after_a_long_idle_is_o1(quiet: redis.Redis) -> None:
     """A TimeWindow(86400) with buckets in 50 seconds, idle 80,000 s, then one failure:
     that call runs as many Redis commands as a failure in a busy window (no per-second
     or per-bucket loop), and the window holds exactly the outcomes of the last day."""
     clock = VirtualClock()
-    b = untrippable("idle-day", r, TimeWindow(86_400))
+    b = untrippable("idle-day", quiet, TimeWindow(86_400))
     clock.attach(b)
     for _ in range(50):
         clock.advance(1)
         fail_n(b.call, 1)
     clock.advance(1)
-    busy = commands_of(r, lambda: fail_n(b.call, 1))
+    busy = commands_of(quiet, lambda: fail_n(b.call, 1))
     clock.advance(80_000)
-    idle = commands_of(r, lambda: fail_n(b.call, 1))
+    idle = commands_of(quiet, lambda: fail_n(b.call, 1))
     assert idle <= busy + 2, (idle, busy)  # + dropping the buckets that fell out: 2 commands
     assert b.snapshot().calls == 52
     clock.advance(86_399)  # everything but the newest failure falls out
     assert b.snapshot().calls == 1
 
 
-def test_count_window_cost_does_not_grow_with_its_size(r: redis.Redis) -> None:
+def test_count_window_cost_does_not_grow_with_its_size(quiet: redis.Redis) -> None:
     """A failure in a full CountWindow(100000) runs the same commands as in a
     CountWindow(100), and the breaker's state hash stays small (the ring is its own
     key, written one slot at a time)."""
     costs = {}
+    clock = VirtualClock()  # no view lease ends (and syncs) while the commands are counted
     for size in (100, 100_000):
-        b = untrippable(f"ring-{size}", r, CountWindow(size))
+        b = untrippable(f"ring-{size}", quiet, CountWindow(size))
+        clock.attach(b)
         for _ in range(size):
             b.call(ok)
         b.sync()  # the window is full of successes
         fail_n(b.call, 1)
-        costs[size] = commands_of(r, lambda b=b: fail_n(b.call, 1))
+        costs[size] = commands_of(quiet, lambda b=b: fail_n(b.call, 1))
         snap = b.snapshot()
         assert (snap.calls, snap.failures) == (size, 2)
         state = b.keys[0]
-        assert max(r.hstrlen(state, f) for f in r.hkeys(state)) < 200  # no field holds the ring
+        assert (
+            max(quiet.hstrlen(state, f) for f in quiet.hkeys(state)) < 200
+        )  # no field holds the ring
     assert costs[100_000] == costs[100]
 
 

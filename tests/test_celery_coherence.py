@@ -23,7 +23,7 @@ from redisbreaker.celery import shared_breaker, transactions
 from redisbreaker.celery.settings import Settings, settings_for
 from redisbreaker.celery.task import spec_of
 from redisbreaker.celery.transactions import WATCHDOG_TASK, start_transaction
-from redisbreaker.testing_workers import CeleryWorker
+from redisbreaker.testing.workers import CeleryWorker
 from redisbreaker.transaction import Outcome
 from tests.support import callback_app
 from tests.support.celery_apps.helpers import namespace, sender, wait_for, wait_log, worker
@@ -401,7 +401,7 @@ def test_stage_skipped_survives_pickling() -> None:
     """A prefork child pickles StageSkipped back to its parent: it must round-trip."""
     import pickle
 
-    from redisbreaker._txcore import Decision, Tally
+    from redisbreaker.tx_core import Decision, Tally
 
     decision = Decision("t", Outcome.ROLLBACK, Tally(2, 0, 1, 0, 0, 0), reason="no")
     again = pickle.loads(pickle.dumps(transactions.StageSkipped(decision, "1", undone=True)))

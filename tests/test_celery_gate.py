@@ -13,9 +13,9 @@ import pytest
 import redis
 
 import redisbreaker.celery
+from benchmarks.broken_worker import measure
 from redisbreaker import SharedBreaker
-from redisbreaker.demo_amplification import measure
-from redisbreaker.testing_workers import CeleryWorker
+from redisbreaker.testing.workers import CeleryWorker
 from tests.support.celery_apps.helpers import (
     namespace,
     sender,

@@ -11,8 +11,8 @@ from redis.exceptions import RedisClusterException
 
 from redisbreaker import CircuitOpenError, SharedBreaker, State
 from redisbreaker.config import client_from_url
-from redisbreaker.embedded import RedisCluster
 from redisbreaker.testing import VirtualClock
+from redisbreaker.testing.servers import RedisCluster
 from tests.helpers import fail_n, ok
 
 pytestmark = pytest.mark.cluster

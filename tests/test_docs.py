@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from redisbreaker.testing_workers import CeleryWorker
+from redisbreaker.testing.workers import CeleryWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from redisbreaker import scripts
-from redisbreaker.embedded import RedisServer
 from redisbreaker.keys import KeySpace
 from redisbreaker.model import BreakerModel
 from redisbreaker.options import Backoff, BreakerOptions, CountWindow, TimeWindow
 from redisbreaker.state import View
+from redisbreaker.testing.servers import RedisServer
 
 PRESETS: list[dict[str, Any]] = [
     {"fail_max": 3, "reset_timeout": 5.0},

@@ -18,10 +18,10 @@ from redis.retry import Retry
 import redisbreaker
 import redisbreaker.config
 from redisbreaker import BreakerUnavailableError, CircuitOpenError, SharedBreaker, State
-from redisbreaker.core import OUTAGE_RETRY
-from redisbreaker.embedded import RedisServer, free_port
+from redisbreaker.breaker_core import OUTAGE_RETRY
 from redisbreaker.outage import rate_limited
 from redisbreaker.testing import VirtualClock
+from redisbreaker.testing.servers import RedisServer, free_port
 from tests.helpers import Boom, boom, fail_n, ok, wait_for
 
 

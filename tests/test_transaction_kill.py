@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from redisbreaker.embedded import RedisServer
+from redisbreaker.testing.servers import RedisServer
 from redisbreaker.transaction import Decision, Outcome, Transaction
 
 _PARTICIPANT = """

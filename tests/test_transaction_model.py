@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from redisbreaker.embedded import RedisServer
 from redisbreaker.errors import NotAParticipantError, NotDecidedError
+from redisbreaker.testing.servers import RedisServer
 from redisbreaker.transaction import Decision, Outcome, Transaction
 
 _ids = itertools.count()

@@ -16,8 +16,8 @@ import redis
 
 from redisbreaker.aio.transaction import Transaction as AioTransaction
 from redisbreaker.config import async_client_from_url, client_from_url
-from redisbreaker.embedded import RedisServer
 from redisbreaker.errors import StorageError, TransactionInDoubtError
+from redisbreaker.testing.servers import RedisServer
 from redisbreaker.transaction import Decision, Outcome, Transaction
 from tests.conftest import _start
 from tests.helpers import wait_for

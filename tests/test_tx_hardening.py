@@ -13,7 +13,7 @@ import pytest
 import redis
 
 import redisbreaker
-from redisbreaker import _txcore as core
+from redisbreaker import tx_core as core
 from redisbreaker.errors import (
     ConfigurationError,
     CorruptStateError,

@@ -1,5 +1,6 @@
+--! use: clock, msgpack
 -- Shared state machine of one circuit breaker. Every breaker script starts with
--- `--! use: clock, msgpack, breaker`, so this text is part of each of them.
+-- `--! use: breaker` (or a library that uses it), so this text is part of each of them.
 --
 -- KEYS (all share the breaker's hash tag):
 --   KEYS[1] S  hash   the state, one field each:
@@ -26,8 +27,10 @@
 -- of m pending successes: O(min(m, size)) bytes). B and R exist only while the window
 -- holds something (n > 0); S.wk names the window and the storage layout, and a key
 -- written for another window (or by an older layout) starts an empty window.
--- ARGV[1..18] is the breaker's configuration, sent with every call (see
--- redisbreaker/options.py `BreakerOptions.argv`); ARGV[OP..] belong to the operation.
+-- ARGV[1..18] is the breaker's configuration, sent with every call: ARGV[1..4] per call
+-- (redisbreaker/breaker_core.py `BreakerCore.config_args`), ARGV[5..18] the settings encoded
+-- once (redisbreaker/options.py `BreakerOptions.static_argv`); ARGV[OP..] belong to
+-- the operation.
 --
 -- Outcome codes: '0' success, '1' failure, '2' slow success, '3' slow failure,
 -- 'x' ignored (releases a permit, records nothing).
@@ -251,7 +254,7 @@ local function save(s, now, keep_cfg)
   if s.n > 0 then redis.call('PEXPIRE', cfg.wkind == 1 and R or B, ttl) end
 end
 
--- The reply every breaker script returns (parsed by redisbreaker/core.py):
+-- The reply every breaker script returns (parsed by redisbreaker/breaker_core.py):
 -- {state, gen, wait_ms, consec, calls, failures, slow, half_open_successes, trips,
 --  transitioned_from ('' if none), verdict ('' | 'allow' | 'trial' | 'reject'),
 --  the stored settings when they differ from the caller's ('' if not)}

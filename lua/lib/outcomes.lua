@@ -1,5 +1,6 @@
+--! use: breaker
 -- Outcomes a process reports, applied in the order they completed. Used by
--- breaker_report and breaker_admit after `--! use: clock, msgpack, breaker`.
+-- breaker_report and breaker_admit.
 --
 -- A batch is ARGV[first..], in runs of four: the generation the calls were admitted in,
 -- the outcome code ('0' success, '1' failure, '2' slow success, '3' slow failure,

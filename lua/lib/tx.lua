@@ -1,3 +1,4 @@
+--! use: clock, msgpack
 -- Shared helpers of the transaction scripts (tx_*.lua).
 --
 -- A transaction is ONE hash, KEYS[1]. Eviction takes a key whole, so the counts, the
@@ -203,7 +204,8 @@ local function tx_write(s)
   return nil
 end
 
--- The reply of every tx script but tx_claim and tx_dispatched (see _txcore.parse_view):
+-- The reply of every tx script but tx_claim, tx_dispatched and tx_payload (parsed by
+-- redisbreaker/tx_core.py parse_view):
 -- {code, outcome, kind, who, text, at, n, yes, no, acked, deadline, now, my_vote, my_ack}
 local function tx_view(code, s, now)
   return {code, s.outcome, s.kind, s.who, s.text, s.at, s.n, s.yes, s.no, s.acked,

@@ -11,9 +11,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 
-from redisbreaker import _fork, config
-from redisbreaker._base import STORAGE_ERRORS, BreakerBase, decode
-from redisbreaker.core import SENDER_ROUNDS, ScriptCall, Ticket
+from redisbreaker import config, forking
+from redisbreaker.breaker_base import STORAGE_ERRORS, BreakerBase, decode
+from redisbreaker.breaker_core import SENDER_ROUNDS, ScriptCall, Ticket
 from redisbreaker.errors import StorageError
 from redisbreaker.events import async_hub_for
 from redisbreaker.state import Snapshot, View
@@ -46,11 +46,11 @@ class SharedBreaker(BreakerBase):
     async def _run(self, call: ScriptCall) -> View:
         script = self._bind()[call.script]
         try:
-            reply = await script(keys=self._core.key_list, args=call.args)
+            reply = await script(keys=[*self._core.key_list, *call.extra_keys], args=call.args)
             if self._unchecked():  # once per client, when the server has just answered
                 await self._check_server()
         except STORAGE_ERRORS as exc:
-            raise self._storage_error(exc) from exc
+            raise self._storage_error(exc, call.script) from exc
         refusal = self._server_refusal()
         if refusal is not None:
             raise refusal
@@ -95,7 +95,7 @@ class SharedBreaker(BreakerBase):
             call = core.sent(keep=rounds_left > 0)
 
     async def _admit(self) -> Ticket:
-        if self._epoch != _fork.epoch:
+        if self._epoch != forking.epoch:
             self._bind()  # first use, or first use in a forked child: join its hub now
         core = self._core
         now = core.now()

@@ -1,6 +1,6 @@
 """The asyncio twin of :class:`redisbreaker.transaction.Transaction`.
 
-Same scripts, same core (:mod:`redisbreaker._txcore`): this shell runs the same
+Same scripts, same core (:mod:`redisbreaker.tx_core`): this shell runs the same
 plans and only the I/O awaits. Waiters in one event loop share one subscriber task
 and one pub/sub connection.
 """
@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 import redis.exceptions
 
-from redisbreaker import _txcore as core
-from redisbreaker._tx_waiters import Waiter, async_hub_for
-from redisbreaker._txcore import Claim, Decision, Outcome, ParticipantId, Tally
+from redisbreaker import tx_core as core
 from redisbreaker.config import AsyncClient, default_async_client, default_prefix
 from redisbreaker.errors import StorageError, TransactionError
 from redisbreaker.transaction import Participation
+from redisbreaker.tx_core import Claim, Decision, Outcome, ParticipantId, Tally
+from redisbreaker.tx_waiters import Waiter, async_hub_for
 
 __all__ = ["Decision", "Outcome", "Participation", "Tally", "Transaction"]
 

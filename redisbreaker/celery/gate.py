@@ -25,12 +25,11 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from redisbreaker import scripts
-from redisbreaker._base import STORAGE_ERRORS
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.celery.scopes import MANUAL, scoped_name
 from redisbreaker.celery.settings import check_eviction, settings_for
 from redisbreaker.celery.task import ATTR, BreakerSpec, task_queues
+from redisbreaker.errors import StorageError
 from redisbreaker.options import OutagePolicy
 from redisbreaker.outage import rate_limited
 from redisbreaker.state import Transition
@@ -52,10 +51,6 @@ class Watch:
     deadline: float = 0.0  # monotonic end of the wait the last claim reported
     next_poll: float = 0.0
     dirty: bool = True
-
-    @property
-    def lease_key(self) -> str:
-        return self.breaker._core.keys.key("gate")
 
 
 @dataclass(frozen=True)
@@ -92,11 +87,10 @@ class GateController:
         self.lease_ms = max(2000, round(self.settings.poll_interval * 5000))
         self.queues = [q.name for q in c.task_consumer.queues]
         client = self.settings.client()
-        self._claim = scripts.register(client, "gate_claim")
         self.watches = self._build_watches()
         for watch in self.watches:
             watch.breaker.subscribe(self._make_listener(watch))
-            watch.breaker._bind()  # joins the pub/sub hub now, without a round trip
+            watch.breaker.connect()  # joins the pub/sub hub now, without a round trip
         signals.task_received.connect(self._on_received, weak=False)
         warning = check_eviction(client)
         if warning:
@@ -155,24 +149,18 @@ class GateController:
     def _poll(self, watch: Watch, now: float) -> None:
         watch.dirty = False
         interval = self.settings.poll_interval
-        core = watch.breaker._core
         try:
-            reply = self._claim(
-                keys=[*core.key_list, watch.lease_key],
-                args=[*core.config_args(), self.worker_id, self.lease_ms, watch.mode],
-            )
-        except STORAGE_ERRORS as exc:
+            verdict = watch.breaker.claim_gate(self.worker_id, self.lease_ms, watch.mode)
+        except StorageError as exc:
             rate_limited.warning(
-                "gate", "redisbreaker gate: Redis unreachable (%s); keeping the pause state",
-                type(exc).__name__,
+                "gate", "redisbreaker gate: Redis error (%s); keeping the pause state", exc,
             )  # fmt: skip
             watch.next_poll = now + interval
             fail_closed = watch.breaker.options.on_outage is OutagePolicy.FAIL_CLOSED
             if watch.action == "wait" and watch.deadline and now > watch.deadline:
                 watch.action = "wait" if fail_closed else "resume"
             return
-        action = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        ms = int(reply[2])
+        action, ms = verdict.action, verdict.ms
         if action != watch.action:
             logger.info(
                 "redisbreaker gate: %s: %s -> %s (%s)",

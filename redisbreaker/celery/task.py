@@ -21,8 +21,8 @@ from typing import Any, Final, Literal, TypeVar, Unpack
 from celery import signals
 from celery.exceptions import Ignore, Reject, Retry
 
-from redisbreaker._base import BreakerSettings
 from redisbreaker.breaker import SharedBreaker
+from redisbreaker.breaker_base import BreakerSettings
 from redisbreaker.celery.scopes import Scope, resolve_pause, scoped_name
 from redisbreaker.celery.settings import is_installed, settings_for
 from redisbreaker.errors import CircuitOpenError, ConfigurationError

@@ -41,12 +41,12 @@ from celery import Celery, Task
 from celery.canvas import Signature
 from celery.exceptions import Ignore
 
-from redisbreaker import _txcore as core
-from redisbreaker._txcore import Decision, Outcome
+from redisbreaker import tx_core as core
 from redisbreaker.celery.settings import settings_for
 from redisbreaker.config import SyncClient
 from redisbreaker.errors import ConfigurationError
 from redisbreaker.transaction import Transaction
+from redisbreaker.tx_core import Decision, Outcome
 
 __all__ = [
     "WATCHDOG_TASK",

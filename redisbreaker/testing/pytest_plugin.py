@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from redisbreaker import testing
-from redisbreaker.embedded import RedisServer, ServerStartError
+from redisbreaker.testing.servers import RedisServer, ServerStartError
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redisbreaker.embedded import free_port
+from redisbreaker.testing.servers import free_port
 
 
 class RabbitStartError(RuntimeError):

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from redisbreaker.testing_workers import CeleryWorker
+from redisbreaker.testing.workers import CeleryWorker
 
 APP = "tests.support.celery_apps.gate_app"
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redisbreaker import events
-from redisbreaker._txcore import Decision, parse_message
+from redisbreaker.tx_core import Decision, parse_message
 
 # How long a waiter waits for the subscription to be confirmed before it falls back
 # to reading the status on a short period (degraded, but never stuck).

@@ -11,8 +11,8 @@ from typing import Any, TypedDict, Unpack
 
 import redis
 
-from redisbreaker import _fork, config, scripts
-from redisbreaker.core import BreakerCore, decode_event
+from redisbreaker import config, forking, scripts
+from redisbreaker.breaker_core import BreakerCore, decode_event
 from redisbreaker.errors import ConfigurationError, StorageError
 from redisbreaker.keys import KeySpace, validate_name
 from redisbreaker.options import (
@@ -34,7 +34,7 @@ TransitionListener = Callable[[Transition], None]
 # (the policy applies) from everything else (logged at ERROR).
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
-SCRIPTS = ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot")
+SCRIPTS = ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot", "gate_claim")
 
 # Redis versions below this lack commands the scripts use (and are not tested).
 MIN_REDIS = (6, 2)
@@ -120,6 +120,31 @@ class BreakerBase:
         )  # fmt: skip
 
     @property
+    def core(self) -> BreakerCore:
+        """The breaker's decision engine in this process (no I/O): its cached view, its
+        outbox and its script calls. For tools and benchmarks; calls go through the
+        breaker's own methods."""
+        return self._core
+
+    @property
+    def client(self) -> Any:
+        """The Redis client this breaker uses (``None`` until it is first needed, when
+        no ``client=`` was given)."""
+        return self._client
+
+    def connect(self) -> None:
+        """Bind now instead of at the first call: resolve the client, register the
+        scripts and join this process's pub/sub hub (no round trip)."""
+        self._bind()
+
+    def set_clock(self, local: Callable[[], float], server_ms: Callable[[], int] | None) -> None:
+        """Read time from ``local`` (seconds, monotonic) and ``server_ms`` (what the
+        scripts use instead of Redis ``TIME``; ``None``: the server's clock). For tests:
+        see :class:`redisbreaker.testing.VirtualClock`."""
+        self._core.now = local
+        self._core.clock_override = server_ms
+
+    @property
     def keys(self) -> list[str]:
         """The Redis keys of this breaker (they share one hash tag)."""
         return list(self._core.key_list)
@@ -137,15 +162,15 @@ class BreakerBase:
         """The scripts on this breaker's client; the first use in a process (including a
         forked child) also joins that process's pub/sub hub."""
         bound = self._scripts
-        if bound is not None and self._epoch == _fork.epoch:
+        if bound is not None and self._epoch == forking.epoch:
             return bound
-        if self._epoch != _fork.epoch and bound is not None:
+        if self._epoch != forking.epoch and bound is not None:
             # In a forked child: the parent's locks may be held by threads that did not
             # come along, and the parent's hub thread is gone.
             self._bind_lock = threading.Lock()
             self._core.reinit_after_fork()
         with self._bind_lock:
-            if self._scripts is None or self._epoch != _fork.epoch:
+            if self._scripts is None or self._epoch != forking.epoch:
                 client = self._client
                 if client is None:
                     client = self._default_client()
@@ -154,7 +179,7 @@ class BreakerBase:
                 found = {name: scripts.for_client(client, name) for name in SCRIPTS}
                 self._client = client
                 self._join_hub(client)
-                self._epoch = _fork.epoch
+                self._epoch = forking.epoch
                 self._scripts = found
             return self._scripts
 
@@ -194,9 +219,9 @@ class BreakerBase:
         if transition is not None and self._on_state_change is not None:
             _guarded(self._on_state_change, transition.old, transition.new)
 
-    def _storage_error(self, exc: BaseException) -> StorageError:
+    def _storage_error(self, exc: BaseException, script: str) -> StorageError:
         if isinstance(exc, redis.ResponseError):
-            return self._core.wrap_response_error(exc)
+            return self._core.wrap_response_error(exc, script)
         what = "Redis unreachable" if is_outage(exc) else "Redis error"
         return StorageError(f"breaker {self.name!r}: {what}: {describe(exc)}")
 

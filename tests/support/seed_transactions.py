@@ -1,10 +1,9 @@
-"""The seed's scenario: 100 Celery tasks each insert into their own SQLite database;
-if any fails all roll back, and only if all succeed do all commit.
+"""The seed's scenario for the tests: 100 Celery tasks each insert into their own SQLite
+database; if any fails all roll back, and only if all succeed do all commit.
 
-This module is both the Celery app the demo workers load
-(``celery -A redisbreaker.demo_transactions worker``) and the demo driver:
-``run(url)`` starts real workers against the Redis at ``url`` and runs the scenario
-in both modes, with participant #50 failing and with no failure.
+This module is the Celery app the test workers load
+(``celery -A tests.support.seed_transactions worker``) and the driver
+:func:`run_scenario`, which runs the scenario once through workers already running.
 """
 
 from __future__ import annotations
@@ -16,17 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from celery import Celery
 
 import redisbreaker.celery
 from redisbreaker.celery.transactions import Mode, handler, staged, start_transaction, transaction
-from redisbreaker.config import SyncClient, client_from_url
-from redisbreaker.testing_workers import CeleryWorker
+from redisbreaker.config import SyncClient
 from redisbreaker.transaction import Decision
 
-app = Celery("redisbreaker.demo_transactions")
+app = Celery("tests.support.seed_transactions")
 app.conf.update(
     broker_url=os.environ.get("CELERY_BROKER_URL"),
     task_ignore_result=True,
@@ -74,7 +71,7 @@ def _the_seeds_failure(fail_at: int | None, participant: str) -> None:
         5 / (fail_at - int(participant))  # ZeroDivisionError for participant #fail_at
 
 
-@app.task(name="redisbreaker.demo.insert_blocking")
+@app.task(name="seed.insert_blocking")
 def insert_blocking(
     db_dir: str, rows: int, fail_at: int | None, *, tx_id: str, participant: str
 ) -> str:
@@ -96,7 +93,7 @@ def insert_blocking(
         conn.close()
 
 
-@app.task(name="redisbreaker.demo.stage_rows")
+@app.task(name="seed.stage_rows")
 def stage_rows(
     db_dir: str, rows: int, fail_at: int | None, *, tx_id: str, participant: str
 ) -> None:
@@ -133,8 +130,8 @@ def _rollback_rows(db_dir: str, *, tx_id: str, participant: str, outcome: str) -
         conn.close()
 
 
-commit_rows = app.task(name="redisbreaker.demo.commit_rows")(handler(_commit_rows))
-rollback_rows = app.task(name="redisbreaker.demo.rollback_rows")(handler(_rollback_rows))
+commit_rows = app.task(name="seed.commit_rows")(handler(_commit_rows))
+rollback_rows = app.task(name="seed.rollback_rows")(handler(_rollback_rows))
 
 
 @dataclass(frozen=True)
@@ -215,28 +212,3 @@ def _until(check: Callable[[], bool], limit: float) -> bool:
             return True
         time.sleep(0.05)
     return check()
-
-
-def workers(url: str, mode: Mode, participants: int = 100) -> CeleryWorker:
-    """The worker a mode needs: blocking holds one slot per participant (threads)."""
-    if mode == "blocking":
-        return CeleryWorker(
-            __name__, broker_url=url, redisbreaker_url=url, pool="threads", concurrency=participants
-        )
-    return CeleryWorker(
-        __name__, broker_url=url, redisbreaker_url=url, pool="prefork", concurrency=2
-    )
-
-
-def run(url: str, *, participants: int = 100, out: Callable[[str], Any] = print) -> None:
-    """Run the seed's scenario in both modes, with and without failing #50; print it."""
-    client = client_from_url(url)
-    app.conf.update(broker_url=url)
-    out(f"Transaction demo: {participants} Celery tasks, one SQLite database each")
-    for mode in ("blocking", "callback"):
-        with workers(url, mode, participants):
-            for fail_at in (50, None):
-                result = run_scenario(
-                    mode, client=client, participants=participants, fail_at=fail_at
-                )
-                out(result.summary())

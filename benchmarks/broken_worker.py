@@ -10,7 +10,7 @@ it failed is re-sent and succeeds on a healthy worker.
 numbers (the benchmarks reuse it). Workers are real ``celery worker`` processes on the
 Redis at ``url``; each run uses its own queue and key namespace.
 
-The worker side of this module is the app ``redisbreaker.demo_amplification:app``,
+The worker side of this module is the app ``benchmarks.broken_worker:app``,
 configured from ``RB_DEMO_*`` environment variables set by :func:`measure`.
 """
 
@@ -179,7 +179,7 @@ def measure(
     """
     from celery import Celery
 
-    from redisbreaker.testing_workers import CeleryWorker
+    from redisbreaker.testing.workers import CeleryWorker
 
     ns = f"rbdemo-{uuid.uuid4().hex[:8]}"
     env = {
@@ -197,14 +197,14 @@ def measure(
     }
     workers = [
         CeleryWorker(
-            "redisbreaker.demo_amplification",
+            "benchmarks.broken_worker",
             name=f"{ns}-{BROKEN}",
             env={**env, "RB_DEMO_ROLE": BROKEN},
             **common,
         )
     ] + [
         CeleryWorker(
-            "redisbreaker.demo_amplification",
+            "benchmarks.broken_worker",
             name=f"{ns}-{HEALTHY}{i}",
             env={**env, "RB_DEMO_ROLE": HEALTHY},
             **common,

@@ -40,7 +40,7 @@ _clock: dict[str, float] = {}
 def paused() -> bool:
     """The gate's per-fetch check: the breaker's cached view, no I/O while it is fresh."""
     try:
-        breaker._core.fast_admit(monotonic())
+        breaker.core.fast_admit(monotonic())
     except CircuitOpenError:
         return True
     return False

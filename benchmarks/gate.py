@@ -47,7 +47,7 @@ def celery_gate_case() -> Case:
 def per_check(cfg: Config) -> tuple[dict[str, bench.Stats], list[Case]]:
     _, rb = bench.redisbreaker_cases(cfg.url)
     cases = [*bench.gate_cases(rb), celery_gate_case()]
-    core = rb._core
+    core = rb.core
     view_expires = core.view_expires
 
     def inline_view() -> None:  # the least a cached-view check can do (not an API)

@@ -314,7 +314,7 @@ def gate_cases(breaker: SharedBreaker) -> list[Case]:
     gate = SeedGate()
     check = gate.check
     wall = time.time
-    core = breaker._core
+    core = breaker.core
     fast_admit = core.fast_admit
 
     def seed_check() -> None:

@@ -312,6 +312,12 @@ def default_prefix() -> str:
     return _defaults.prefix
 
 
+def describe() -> str:
+    """The configured default Redis and prefix, for logs and debugging (credentials
+    redacted)."""
+    return repr(_defaults)
+
+
 def reset() -> None:
     """Forget ``configure()`` and the clients built from it (and every ``fakeredis://``
     server): the state of a fresh process. For tests; ``REDISBREAKER_URL`` still applies."""

@@ -20,9 +20,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from redisbreaker.immediate import Immediate, run_now
 from redisbreaker.outage import rate_limited
 
 # A hub with no listeners for this long closes its connection and ends; the next
@@ -143,7 +144,71 @@ def _text(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-class EventHub:
+class Hub(Protocol):
+    """What listeners see of a hub (sync or asyncio)."""
+
+    connected: Any  # set while the subscription is confirmed
+
+    def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> None: ...
+    def remove(self, channel: str, tag: str, listener: Listener) -> None: ...
+
+
+class _Serving:
+    """The hub's connection loop, written once (see :mod:`redisbreaker.immediate`):
+    the thread hub runs it with blocking primitives, the asyncio hub as a task."""
+
+    client: Any
+    dispatch: _Dispatch
+    connected: Any
+
+    def _subscribe(self, pubsub: Any, channels: list[str]) -> Awaitable[object]:
+        raise NotImplementedError
+
+    def _next_message(self, pubsub: Any) -> Awaitable[dict[str, Any] | None]:
+        raise NotImplementedError
+
+    def _pause(self, seconds: float) -> Awaitable[object]:
+        raise NotImplementedError
+
+    def _close(self, pubsub: Any) -> Awaitable[object]:
+        raise NotImplementedError
+
+    async def _serve(self) -> None:
+        """Subscribe, deliver, reconnect with backoff; end once idle for ``IDLE_EXIT``."""
+        attempt = 0
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                subscribed: set[str] = set()
+                while True:
+                    new = self.dispatch.channels_to_add(subscribed)
+                    if new:
+                        await self._subscribe(pubsub, new)
+                        subscribed.update(new)
+                    message = await self._next_message(pubsub)
+                    if message is not None and message.get("type") == "subscribe":
+                        attempt = 0
+                    self.dispatch.handle(message, self.connected)
+                    # No await between this check and returning: no listener slips in.
+                    if message is None and self.dispatch.idle():
+                        self.connected.clear()
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any error: the hub must survive and reconnect
+                self.connected.clear()
+                self.dispatch.reset_all()
+                if self.dispatch.idle():
+                    return
+                rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
+                await self._pause(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
+            finally:
+                with contextlib.suppress(Exception):  # a broken connection may fail to close
+                    await self._close(pubsub)
+
+
+class EventHub(_Serving):
     """The sync hub: one daemon thread per process and client."""
 
     def __init__(self, client: Any) -> None:
@@ -171,7 +236,7 @@ class EventHub:
 
     def _run(self) -> None:
         try:
-            self._loop()
+            run_now(self._serve())
         finally:
             self.connected.clear()
             with self._start_lock:
@@ -179,37 +244,21 @@ class EventHub:
             if not self.dispatch.idle():  # a listener arrived while we were leaving
                 self._ensure_thread()
 
-    def _loop(self) -> None:
-        attempt = 0
-        while True:
-            pubsub = self.client.pubsub()
-            try:
-                subscribed: set[str] = set()
-                while True:
-                    new = self.dispatch.channels_to_add(subscribed)
-                    if new:
-                        pubsub.subscribe(*new)
-                        subscribed.update(new)
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message.get("type") == "subscribe":
-                        attempt = 0
-                    self.dispatch.handle(message, self.connected)
-                    if message is None and self.dispatch.idle():
-                        return
-            except Exception as exc:  # any error: the thread must survive and reconnect
-                self.connected.clear()
-                self.dispatch.reset_all()
-                if self.dispatch.idle():
-                    return
-                rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
-                time.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
-                attempt += 1
-            finally:
-                with contextlib.suppress(Exception):  # a broken connection may fail to close
-                    pubsub.close()
+    def _subscribe(self, pubsub: Any, channels: list[str]) -> Immediate[object]:
+        return Immediate(pubsub.subscribe(*channels))
+
+    def _next_message(self, pubsub: Any) -> Immediate[dict[str, Any] | None]:
+        return Immediate(pubsub.get_message(timeout=0.5))
+
+    def _pause(self, seconds: float) -> Immediate[object]:
+        time.sleep(seconds)
+        return Immediate(None)
+
+    def _close(self, pubsub: Any) -> Immediate[object]:
+        return Immediate(pubsub.close())
 
 
-class AsyncEventHub:
+class AsyncEventHub(_Serving):
     """The asyncio hub: one task per event loop and client."""
 
     def __init__(self, client: Any) -> None:
@@ -221,43 +270,23 @@ class AsyncEventHub:
     def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> None:
         self.dispatch.add(channel, tag, listener, decode)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def remove(self, channel: str, tag: str, listener: Listener) -> None:
         self.dispatch.remove(channel, tag, listener)
 
-    async def _run(self) -> None:
-        attempt = 0
-        while True:
-            pubsub = self.client.pubsub()
-            try:
-                subscribed: set[str] = set()
-                while True:
-                    new = self.dispatch.channels_to_add(subscribed)
-                    if new:
-                        await pubsub.subscribe(*new)
-                        subscribed.update(new)
-                    message = await pubsub.get_message(timeout=0.5)
-                    if message is not None and message.get("type") == "subscribe":
-                        attempt = 0
-                    self.dispatch.handle(message, self.connected)
-                    # No await between this check and returning: no listener slips in.
-                    if message is None and self.dispatch.idle():
-                        self.connected.clear()
-                        return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any error: the task must survive and reconnect
-                self.connected.clear()
-                self.dispatch.reset_all()
-                if self.dispatch.idle():
-                    return
-                rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
-                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
-                attempt += 1
-            finally:
-                with contextlib.suppress(Exception):  # a broken connection may fail to close
-                    await pubsub.aclose()
+    async def _subscribe(self, pubsub: Any, channels: list[str]) -> object:
+        return await pubsub.subscribe(*channels)
+
+    async def _next_message(self, pubsub: Any) -> dict[str, Any] | None:
+        message: dict[str, Any] | None = await pubsub.get_message(timeout=0.5)
+        return message
+
+    def _pause(self, seconds: float) -> Awaitable[object]:
+        return asyncio.sleep(seconds)
+
+    async def _close(self, pubsub: Any) -> object:
+        return await pubsub.aclose()
 
 
 _sync_hubs: weakref.WeakKeyDictionary[Any, EventHub] = weakref.WeakKeyDictionary()

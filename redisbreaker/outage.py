@@ -33,6 +33,11 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._last: dict[str, tuple[float, int]] = {}
 
+    def reset(self) -> None:
+        """Forget what was logged (the next message of each key is logged at once)."""
+        with self._lock:
+            self._last.clear()
+
     def warning(self, key: str, message: str, *args: object, interval: float | None = None) -> None:
         self._emit(logging.WARNING, key, message, args, interval)
 

@@ -831,7 +831,8 @@ class TxBase:
         self._given_client = client
 
     @property
-    def _client(self) -> Any:
+    def client(self) -> Any:
+        """The Redis client of this handle (the configured one, resolved on first use)."""
         client = self._given_client
         if client is None:
             client = self._given_client = self._default_client()
@@ -839,6 +840,16 @@ class TxBase:
 
     def _default_client(self) -> Any:
         raise NotImplementedError
+
+    @property
+    def key(self) -> str:
+        """The Redis key holding this transaction (one hash)."""
+        return self._keys.key
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel its decision is published on (one per prefix)."""
+        return self._keys.channel
 
     def _request(
         self,

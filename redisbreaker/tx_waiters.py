@@ -17,22 +17,20 @@ nothing there.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from redisbreaker import events
 from redisbreaker.tx_core import Decision, parse_message
 
 # How long a waiter waits for the subscription to be confirmed before it falls back
 # to reading the status on a short period (degraded, but never stuck).
 READY_TIMEOUT = 2.0
 
+__all__ = ["READY_TIMEOUT", "Waiter", "decode"]
 
-def _decode(payload: bytes) -> tuple[str, Decision] | None:
+
+def decode(payload: bytes) -> tuple[str, Decision] | None:
+    """A published decision as (transaction id, decision); ``None`` if malformed."""
     decision = parse_message(payload)
     return None if decision is None else (decision.tx_id, decision)
 
@@ -64,49 +62,3 @@ class Waiter:
         self.event.clear()
         self.recheck = False
         return self.decision
-
-
-class Hub:
-    """Transaction waiting on one client's hub, for one channel (no state of its own)."""
-
-    def __init__(self, client: Any, channel: str) -> None:
-        self.events = events.hub_for(client)
-        self.channel = channel
-
-    @contextlib.contextmanager
-    def waiting(self, tx_id: str) -> Iterator[Waiter]:
-        """Register a waiter for ``tx_id`` and wait (bounded) for the subscription."""
-        waiter = Waiter(tx_id, threading.Event(), self.events.connected)
-        try:
-            self.events.add(self.channel, tx_id, waiter, _decode)
-            self.events.connected.wait(READY_TIMEOUT)
-            yield waiter
-        finally:
-            self.events.remove(self.channel, tx_id, waiter)
-
-
-class AsyncHub:
-    """The asyncio twin of :class:`Hub`, on the running loop's hub for the client."""
-
-    def __init__(self, client: Any, channel: str) -> None:
-        self.events = events.async_hub_for(client)
-        self.channel = channel
-
-    @contextlib.asynccontextmanager
-    async def waiting(self, tx_id: str) -> AsyncIterator[Waiter]:
-        waiter = Waiter(tx_id, asyncio.Event(), self.events.connected)
-        try:
-            self.events.add(self.channel, tx_id, waiter, _decode)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.events.connected.wait(), READY_TIMEOUT)
-            yield waiter
-        finally:
-            self.events.remove(self.channel, tx_id, waiter)
-
-
-def hub_for(client: Any, channel: str) -> Hub:
-    return Hub(client, channel)
-
-
-def async_hub_for(client: Any, channel: str) -> AsyncHub:
-    return AsyncHub(client, channel)

@@ -250,7 +250,7 @@ def test_subscribers_see_transitions_made_elsewhere(r: redis.Redis) -> None:
 
 
 def _hub_connected(b: SharedBreaker) -> bool:
-    return hub_for(b._client).connected.is_set()
+    return hub_for(b.client).connected.is_set()
 
 
 def test_closed_successes_cost_no_round_trip(r: redis.Redis) -> None:

@@ -24,6 +24,7 @@ from redisbreaker import (
     SharedBreaker,
     State,
     TimeWindow,
+    scripts,
 )
 from redisbreaker.events import hub_for
 from redisbreaker.options import BreakerOptions
@@ -67,7 +68,7 @@ def test_max_pending_flush_with_a_stale_view_takes_no_permit(r: redis.Redis) -> 
     other = SharedBreaker("flush-permit", client=client_of(r), fail_max=1, reset_timeout=30)
     clock.attach(stale, other)
     stale.call(ok)  # caches "closed" for an hour
-    hub_for(r).remove(stale._core.channel, stale._core.keys.tag, stale)  # the event is lost
+    hub_for(r).remove(stale.core.channel, stale.core.keys.tag, stale)  # the event is lost
     fail_n(other.call, 1)
     clock.advance(31)
     for _ in range(10):
@@ -78,7 +79,7 @@ def test_max_pending_flush_with_a_stale_view_takes_no_permit(r: redis.Redis) -> 
     assert permits(r, stale) == 0
     assert other.snapshot().state is State.CLOSED
     # The other process hears the trial's transitions on pub/sub (the positive signal).
-    assert wait_for(lambda: other._core.view is not None and other._core.view.state is State.CLOSED)
+    assert wait_for(lambda: other.core.view is not None and other.core.view.state is State.CLOSED)
     assert other.call(ok) == "ok"
 
 
@@ -91,14 +92,15 @@ def test_first_concurrent_use_binds_once(
 ) -> None:
     """Threads racing on a fresh breaker bind it once; no outcome is lost to the race."""
     joins: list[int] = []
-    original = SharedBreaker._join_hub
+    original = scripts.for_client
 
-    def slow_join(self: SharedBreaker, client: Any) -> None:
-        joins.append(1)
-        time.sleep(0.05)  # widen the window in which a second binder would enter
-        original(self, client)
+    def slow_for_client(client: Any, name: str) -> Any:
+        if name == "breaker_admit":  # once per bind
+            joins.append(1)
+            time.sleep(0.05)  # widen the window in which a second binder would enter
+        return original(client, name)
 
-    monkeypatch.setattr(SharedBreaker, "_join_hub", slow_join)
+    monkeypatch.setattr(scripts, "for_client", slow_for_client)
     b = SharedBreaker("bind-race", client=r, fail_max=100)
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []
@@ -223,7 +225,7 @@ def _child_sees_event(url: str, b: SharedBreaker, ready: Any, done: Any) -> None
     seen: list[Transition] = []
     b.subscribe(seen.append)
     b.call(ok)  # the first call in the child joins the child's hub
-    connected = wait_for(lambda: hub_for(b._client).connected.is_set(), 10)
+    connected = wait_for(lambda: hub_for(b.client).connected.is_set(), 10)
     b.call(ok)  # the confirmed subscription dropped the view: take the fresh one now
     ready.set()
     got = wait_for(lambda: any(t.new is State.OPEN for t in seen), 10)
@@ -392,7 +394,7 @@ def test_events_do_not_cross_between_lookalike_names(r: redis.Redis) -> None:
     lookalike.call(ok)
     raw.call(ok)
     assert wait_for(lambda: hub_for(r).connected.is_set() and hub_for(client_of(r)) is not None)
-    assert wait_for(lambda: hub_for(lookalike._client).connected.is_set())
+    assert wait_for(lambda: hub_for(lookalike.client).connected.is_set())
     fail_n(raw.call, 1)
     assert wait_for(lambda: len(seen_raw) == 1)  # the event has been delivered
     assert seen_other == []

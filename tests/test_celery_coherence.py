@@ -175,7 +175,7 @@ def test_transactions_and_handlers_use_the_apps_redis(
         on_commit=commit.s(), on_rollback=rollback.s(),
     )  # fmt: skip
     assert sorted(done) == ["commit 0", "commit 1", "staged 0", "staged 1"]
-    assert _db(tx._client) == 5
+    assert _db(tx.client) == 5
     assert tx.status().tally.acked == 2
     assert redis.Redis.from_url(_url(redis_url, 6)).dbsize() == 0
 
@@ -289,7 +289,7 @@ def _refusal_countdown(scope: str) -> float:
 
     request = types.SimpleNamespace(called_directly=True, is_eager=False, id="1", retries=0)
     with pytest.raises(Retry):
-        spec._on_open(Task(), request, (), {}, CircuitOpenError("t", 60.0))
+        spec.refused(Task(), request, (), {}, CircuitOpenError("t", 60.0))
     return seen["countdown"]
 
 

@@ -172,7 +172,7 @@ def test_manual_pause_api_validates_its_scope() -> None:
 
 
 def _claim(r: redis.Redis, breaker: SharedBreaker, me: str, mode: str = "trial") -> list[Any]:
-    core = breaker._core
+    core = breaker.core
     script = scripts.register(r, "gate_claim")
     reply = script(
         keys=[*core.key_list, core.keys.key("gate")],

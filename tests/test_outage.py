@@ -31,7 +31,7 @@ def client(server: RedisServer) -> redis.Redis:
 
 @pytest.fixture(autouse=True)
 def _fresh_rate_limit() -> None:
-    rate_limited._last.clear()
+    rate_limited.reset()
 
 
 def test_fail_open_runs_calls_and_logs_rate_limited(
@@ -247,7 +247,7 @@ def test_wrong_password_is_an_error_not_an_outage(
         errors = [x.getMessage() for x in caplog.records if x.levelno == logging.ERROR]
         assert len(errors) == 1 and "AuthenticationError" in errors[0]
         assert "unreachable" not in errors[0]
-        assert b._core.outage_since is None  # no outage window: the next call asks again
+        assert b.core.outage_since is None  # no outage window: the next call asks again
     finally:
         r.acl_deluser("rb-auth")
 

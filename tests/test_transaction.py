@@ -344,7 +344,7 @@ def test_published_message_round_trips() -> None:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     tx = Transaction.begin(300, timeout=10, client=client, clock_ms=lambda: 1_795_000_000_123)
     p = client.pubsub()  # type: ignore[no-untyped-call]  # fakeredis is untyped
-    p.subscribe(tx._keys.channel)
+    p.subscribe(tx.channel)
     assert p.get_message(timeout=1) is not None
     long_reason = "é" * 4_000  # 8000 bytes: a str16 in msgpack
     tx.vote("x" * 40, False, reason=long_reason)

@@ -77,19 +77,19 @@ def test_dispatch_claim_is_taken_over_after_the_holder_dies(r: redis.Redis) -> N
     """A dispatcher that dies mid-dispatch keeps the claim only for its lease; the next
     claimer gets exactly the participants whose handlers were not sent."""
     tx = Transaction.begin([str(i) for i in range(5)], timeout=10, client=r, payload=b"h")
-    assert tx._claim("early").code == "not_decided"
+    assert tx.claim_dispatch("early").code == "not_decided"
     tx.vote("3", False, reason="no")
-    first = tx._claim("first", lease_ms=200)
+    first = tx.claim_dispatch("first", lease_ms=200)
     assert first.granted
     assert sorted(first.pending) == ["0", "1", "2", "3", "4"]
     assert first.payload == b"h"
-    assert tx._dispatched("first", ["0", "1"], lease_ms=200) == (True, False)
+    assert tx.record_dispatched("first", ["0", "1"], lease_ms=200) == (True, False)
     # "first" dies here. While its lease runs, nobody else may dispatch.
-    assert not tx._claim("second").granted
+    assert not tx.claim_dispatch("second").granted
     time.sleep(0.3)
-    second = tx._claim("second")
+    second = tx.claim_dispatch("second")
     assert second.granted
     assert sorted(second.pending) == ["2", "3", "4"]
-    assert tx._dispatched("first", ["2"]) == (False, False)  # the dead one lost its claim
-    assert tx._dispatched("second", ["2", "3", "4"]) == (True, True)
-    assert tx._claim("third").done
+    assert tx.record_dispatched("first", ["2"]) == (False, False)  # the dead one lost its claim
+    assert tx.record_dispatched("second", ["2", "3", "4"]) == (True, True)
+    assert tx.claim_dispatch("third").done

@@ -168,7 +168,7 @@ def test_participant_waits_through_a_freeze(private_redis: RedisServer) -> None:
         tx_b = Transaction(tx.id, client=counting_client(private_redis, timeout=0.3))
         voter = threading.Thread(target=lambda: tx_b.vote("b", True), daemon=True)
         voter.start()
-        assert wait_for(lambda: tx_b._client.sent >= 2, timeout=30)
+        assert wait_for(lambda: tx_b.client.sent >= 2, timeout=30)
     voter.join(60)
     t.join(60)
     assert not errors

@@ -25,7 +25,7 @@ from redisbreaker.transaction import Decision, Outcome, Transaction
 
 
 def state_key(tx: Transaction) -> str:
-    return tx._keys.key
+    return tx.key
 
 
 def evalsha_calls(r: redis.Redis) -> int:
@@ -145,7 +145,7 @@ def wait_until_waiting(r: redis.Redis, tx: Transaction) -> bool:
     from tests.helpers import wait_for
 
     dispatch = hub_for(r).dispatch
-    return wait_for(lambda: bool(dispatch.listeners.get(tx._keys.channel, {}).get(tx.id)))
+    return wait_for(lambda: bool(dispatch.listeners.get(tx.channel, {}).get(tx.id)))
 
 
 # -- 7. inputs ----------------------------------------------------------------------------
@@ -329,5 +329,5 @@ def test_the_hub_forgets_a_transaction_when_its_last_waiter_leaves(r: redis.Redi
     for _ in range(200):
         tx = Transaction.begin(1, timeout=60, client=r)
         assert tx.vote_and_wait(0, True).outcome is Outcome.COMMIT
-    channel = tx._keys.channel
+    channel = tx.channel
     assert hub.dispatch.listeners.get(channel, {}) == {}

@@ -124,7 +124,7 @@ class BreakerSpec:
         except CircuitOpenError as exc:
             if exc.name != breaker.name:
                 raise  # another breaker inside the task refused: that is the task's failure
-            return self._on_open(task, request, args, kwargs, exc)
+            return self.refused(task, request, args, kwargs, exc)
         except CELERY_CONTROL_FLOW:
             raise
         except Exception as exc:
@@ -134,7 +134,7 @@ class BreakerSpec:
                 raise task.retry(exc=exc, countdown=self.failure_countdown) from exc
             raise
 
-    def _on_open(
+    def refused(
         self,
         task: Any,
         request: Any,

@@ -256,12 +256,12 @@ def staged(
     try:
         yield before
     except BaseException as exc:
-        after = vote(tx_id, participant, False, reason=exc, app=app, client=tx._client,
+        after = vote(tx_id, participant, False, reason=exc, app=app, client=tx.client,
                      prefix=tx.prefix)  # fmt: skip
         if after.vote is None:
             _undo_late_stage(tx, participant, app)
         raise
-    after = vote(tx_id, participant, True, app=app, client=tx._client, prefix=tx.prefix)
+    after = vote(tx_id, participant, True, app=app, client=tx.client, prefix=tx.prefix)
     if after.vote is None:
         _undo_late_stage(tx, participant, app)
         raise StageSkipped(after, participant, undone=True)
@@ -305,7 +305,7 @@ def dispatch(
     """
     celery_app = _app(app)
     token = uuid.uuid4().hex
-    claim = tx._claim(token, lease_ms)
+    claim = tx.claim_dispatch(token, lease_ms)
     if claim.done:
         return True
     if not claim.granted:
@@ -318,12 +318,12 @@ def dispatch(
             sig = _handler_signature(celery_app, tx, claim.payload, participant, claim.outcome)
             # A deterministic id makes a resent handler recognisable in the result backend.
             sig.apply_async(task_id=f"{tx.id}:{participant}:{claim.outcome.value}")
-        held, done = tx._dispatched(token, batch, lease_ms)
+        held, done = tx.record_dispatched(token, batch, lease_ms)
         if not held:
             log.warning("transaction %r: dispatch claim lost; another process continues", tx.id)
             return False
     if not pending:
-        _, done = tx._dispatched(token, [], lease_ms)
+        _, done = tx.record_dispatched(token, [], lease_ms)
     return done
 
 

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e . --group dev --group bench
 	touch $(STAMP)
 
 servers:
@@ -38,7 +38,7 @@ demo: $(STAMP) servers
 
 # The comparison suite: installs the pinned comparison libraries, then runs every case.
 bench: $(STAMP) servers
-	$(PY) -m pip install -q -r benchmarks/requirements.txt
+	$(PY) -m pip install -q --group bench
 	$(PY) -m benchmarks
 
 clean:

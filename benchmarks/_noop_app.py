@@ -47,7 +47,7 @@ def paused() -> bool:
 
 
 class Gate(bootsteps.StartStopStep):
-    """The seed's consumption gate, with the breaker's cached view as the check."""
+    """The per-host prior art's consumption gate, with the breaker's cached view as the check."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 

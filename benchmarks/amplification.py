@@ -1,8 +1,8 @@
-"""Suite 5: failure amplification (seed 001, scaled down): real Celery workers, one broken.
+"""Suite 5: failure amplification (one broken worker, scaled down): real Celery workers, one broken.
 
 Uses ``benchmarks.broken_worker.measure(url, with_breaker, ...)`` (the Celery
 helper's scenario: healthy workers take ``work`` seconds a task, the broken one fails
-at once). A per-host seed mode is used when ``measure`` offers one (a ``mode`` or
+at once). A per-host prior-art mode is used when ``measure`` offers one (a ``mode`` or
 ``approach`` parameter); otherwise that row says "not available".
 """
 
@@ -39,8 +39,8 @@ def run(cfg: Config) -> SuiteResult:
     runs: dict[str, dict[str, Any]] = {}
     for label, kwargs in [
         ("no breaker", {"with_breaker": False}),
-        ("seed-001 per-host gate", {"with_breaker": False, seed_param: "seed"} if seed_param
-         else None),
+        ("per-host gate (pybreaker + Value)",
+         {"with_breaker": False, seed_param: "seed"} if seed_param else None),
         ("redisbreaker", {"with_breaker": True}),
     ]:  # fmt: skip
         if kwargs is None:

@@ -98,7 +98,7 @@ def _make_app() -> Any:
 
 
 def _seed_001(app: Any, body: Any, fail_max: int, reset_timeout: float) -> Any:
-    """The prior art of seed 001, as published: pybreaker in process memory, the pause
+    """The per-host prior art, as published: pybreaker in process memory, the pause
     deadline in a per-host ``multiprocessing.Value``, and ``qos.can_consume`` patched
     by a consumer bootstep. Here only to be measured beside redisbreaker."""
     import ctypes
@@ -175,7 +175,7 @@ def measure(
     Keys: ``tasks``, ``broken_taken`` (messages it received), ``broken_ran`` (task
     bodies it started), ``broken_failed``, ``succeeded``, ``lost`` (never succeeded),
     ``makespan_s``, ``trips`` (open periods of its breaker; 0 without one), and
-    ``with_breaker``. ``mode="seed"`` runs seed 001's per-host approach instead.
+    ``with_breaker``. ``mode="seed"`` runs the per-host prior art instead.
     """
     from celery import Celery
 

@@ -25,14 +25,14 @@ from benchmarks.harness import (
     unavailable,
 )
 from redisbreaker import bench
-from redisbreaker.bench import Boom, SeedGate, bench_name, ratio
+from redisbreaker.bench import Boom, ValueGate, bench_name, ratio
 
-INTERLOCK_VERSION = "2.8.2"  # pinned in benchmarks/requirements.txt
+INTERLOCK_VERSION = "2.8.2"  # pinned in pyproject.toml, dependency group "bench"
 
 LIBRARIES = [
     "bare call",
     "pybreaker in memory",
-    "seed-001 gate + pybreaker in memory",
+    "per-host Value gate + pybreaker in memory",
     "pybreaker + Redis",
     "interlock-cb + Redis",
     "redisbreaker",
@@ -40,19 +40,19 @@ LIBRARIES = [
 
 
 class Paused(Exception):
-    """The seed's gate refused (never raised here: the gate stays open)."""
+    """The per-host gate refused (never raised here: the gate stays open)."""
 
 
 def seed_cases() -> list[Case]:
-    """The seed's per-task cost: its ``Value`` gate check, then pybreaker in memory."""
-    label = "seed-001 gate + pybreaker in memory"
+    """The per-host prior art's per-task cost: a ``Value`` gate check, then pybreaker."""
+    label = "per-host Value gate + pybreaker in memory"
     try:
         import pybreaker
     except ImportError:
         return [
             unavailable(f"{label} / {k}", "pybreaker not installed") for k in ("success", "failure")
         ]
-    gate = SeedGate()
+    gate = ValueGate()
     paused_until = gate.paused_until
     cb = pybreaker.CircuitBreaker(fail_max=10**9, reset_timeout=60)
 

@@ -1,9 +1,9 @@
 """Suite 2: what a worker pays for being gated.
 
 * The per-check cost of the gate's local view (``fast_admit`` on the breaker's cached
-  view) against the seed's ``multiprocessing.Value`` check, interleaved.
+  view) against the per-host ``multiprocessing.Value`` check, interleaved.
 * A no-op task's throughput on a real Celery worker (solo pool, Redis broker) with
-  and without the gate installed: the gate patches ``can_consume`` like the seed and
+  and without the gate installed: the gate patches ``can_consume`` like the per-host prior art and
   runs each task through the breaker. Workers alternate, each batch pre-queued;
   the worker times its own batch (first task start to last task end).
 """
@@ -35,7 +35,7 @@ def celery_gate_case() -> Case:
     """
     name = "gate: redisbreaker.celery gate check"
     try:
-        from redisbreaker.celery import gate as celery_gate  # type: ignore[attr-defined]
+        from redisbreaker.celery import gate as celery_gate
     except ImportError:
         return unavailable(name, "redisbreaker.celery.gate not present")
     factory = getattr(celery_gate, "benchmark_check", None)
@@ -148,9 +148,9 @@ def run(cfg: Config) -> SuiteResult:
     result = SuiteResult(
         suite="gate",
         title="Gate overhead: per-check cost and a gated worker's no-op throughput",
-        columns=["measure", "median", "p99", "x seed check"],
+        columns=["measure", "median", "p99", "x Value check"],
     )
-    seed = stats["gate: seed multiprocessing.Value check"]
+    seed = stats["gate: per-host multiprocessing.Value check"]
     for case in cases:
         st = stats[case.name]
         if not st.available:
@@ -172,18 +172,18 @@ def run(cfg: Config) -> SuiteResult:
         result.rows.append(["worker throughput", f"not available: {tp.get('note')}", "", ""])
     rb = stats["gate: redisbreaker fast_admit(monotonic())"]
     result.targets = [
-        check("gate check vs seed multiprocessing.Value check", "<= 1.0",
+        check("gate check vs per-host multiprocessing.Value check", "<= 1.0",
               bench.ratio(rb, seed), lambda v: v <= 1.0),
         check(f"gated ({tp.get('gated_mode')}) / ungated no-op throughput", ">= 0.97",
               tp.get("ratio_median"), lambda v: v >= 0.97),
     ]  # fmt: skip
     result.notes = [
-        "The seed check is `_paused_until.value > 0 and now < _paused_until.value` on a "
+        "The per-host check is `_paused_until.value > 0 and now < _paused_until.value` on a "
         "multiprocessing.Value(c_double) (it takes the Value's lock), now = time.time().",
         "The inline test reads the cached view's fields directly; it is the floor any "
         "cached-view check can reach, not an API.",
         "Throughput: solo pool, Redis broker on the same machine, batches pre-queued, "
-        "modes interleaved; the worker times its batch itself. Gated modes: a seed-style "
+        "modes interleaved; the worker times its batch itself. Gated modes: a per-host-style "
         "can_consume patch checking the cached view (+ breaker.call per task), and the "
         "real integration (redisbreaker.celery.install + @shared_breaker, scope=worker).",
     ]

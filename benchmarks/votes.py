@@ -42,7 +42,7 @@ def _waiters(url: str, tx_id: str, ids: list[int], out: Any) -> None:
     out.put(times)
 
 
-def decision_latency(cfg: Config, n: int) -> dict[str, float | None] | dict[str, Any]:
+def decision_latency(cfg: Config, n: int) -> dict[str, Any]:
     ctx = mp_context()
     url = cfg.url
     client = redis.Redis.from_url(url)

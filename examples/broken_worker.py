@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 import redis
 from celery import Celery, current_task
@@ -78,7 +79,8 @@ def main(jobs: int = 20) -> None:
             deadline = time.monotonic() + 120
             while notes.scard(f"{ns}:done") < jobs and time.monotonic() < deadline:
                 time.sleep(0.1)
-            ran = {k.decode(): int(v) for k, v in notes.hgetall(f"{ns}:ran").items()}
+            counts = cast(dict[bytes, bytes], notes.hgetall(f"{ns}:ran"))
+            ran = {k.decode(): int(v) for k, v in counts.items()}
             print(f"{jobs} jobs, one broken worker (fails at once), two healthy (0.5 s a job):")
             for w in workers:
                 print(f"  {w.name:32} ran {ran.get(w.hostname, 0):3}")

@@ -105,7 +105,7 @@ def main() -> None:
     from redisbreaker.testing.servers import embedded_url
 
     with embedded_url() as url:
-        app.conf.broker_url = url
+        app.conf.update(broker_url=url)
         env = {"PYTHONPATH": str(Path(__file__).parent)}
         for mode, pool in (("blocking", "threads"), ("callback", "prefork")):
             size = 100 if mode == "blocking" else 2

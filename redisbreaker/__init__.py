@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.config import configure
 from redisbreaker.errors import (
+    BreakerUnavailableError,
     CircuitOpenError,
     ConfigurationError,
     CorruptStateError,
@@ -19,11 +22,13 @@ from redisbreaker.errors import (
     UnknownTransactionError,
 )
 from redisbreaker.options import Backoff, BreakerOptions, CountWindow, OutagePolicy, TimeWindow
-from redisbreaker.outage import BreakerUnavailableError
 from redisbreaker.state import Snapshot, State, Transition
 from redisbreaker.transaction import Decision, Outcome, Tally, Transaction
 
-__version__ = "0.1.0.dev0"
+try:
+    __version__ = _metadata.version("redisbreaker")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "SharedBreaker",

@@ -12,11 +12,11 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis
 
 from redisbreaker import config, forking
-from redisbreaker.breaker_base import STORAGE_ERRORS, BreakerBase, decode
+from redisbreaker.breaker_base import BreakerBase, decode
 from redisbreaker.breaker_core import SENDER_ROUNDS, GateVerdict, ScriptCall, Ticket
-from redisbreaker.errors import StorageError
+from redisbreaker.errors import STORAGE_ERRORS, StorageError
 from redisbreaker.events import hub_for
-from redisbreaker.state import Snapshot, View
+from redisbreaker.state import Code, Snapshot, View
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -132,7 +132,7 @@ class SharedBreaker(BreakerBase):
             # An async function: nothing ran but the coroutine's creation. Count
             # nothing (a trial permit is handed back) and say which class to use.
             cast("CoroutineType[Any, Any, Any]", result).close()
-            self._send(self._core.finish_code(ticket, "x"))
+            self._send(self._core.finish_code(ticket, Code.IGNORED))
             raise TypeError(
                 f"{fn!r} returned a coroutine: await it through "
                 "redisbreaker.aio.SharedBreaker (this breaker is for sync functions)"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypedDict, Unpack
+from collections.abc import Callable, Mapping
+from typing import Any, Unpack
 
 import redis
 
@@ -15,13 +14,7 @@ from redisbreaker import config, forking, scripts
 from redisbreaker.breaker_core import BreakerCore, decode_event
 from redisbreaker.errors import ConfigurationError, StorageError
 from redisbreaker.keys import KeySpace, validate_name
-from redisbreaker.options import (
-    Backoff,
-    BreakerOptions,
-    ExceptionMatcher,
-    OutagePolicy,
-    Window,
-)
+from redisbreaker.options import BreakerSettings, options_from
 from redisbreaker.outage import describe, is_outage
 from redisbreaker.state import State, Transition
 
@@ -30,50 +23,13 @@ logger = logging.getLogger("redisbreaker")
 StateListener = Callable[[State, State], None]
 TransitionListener = Callable[[Transition], None]
 
-# What a script call can raise from redis-py or the socket; the core sorts outages
-# (the policy applies) from everything else (logged at ERROR).
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-
 SCRIPTS = ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot", "gate_claim")
 
 # Redis versions below this lack commands the scripts use (and are not tested).
 MIN_REDIS = (6, 2)
 
 
-class BreakerSettings(TypedDict, total=False):
-    """Every tunable of a breaker; see :class:`redisbreaker.options.BreakerOptions`."""
-
-    fail_max: int | None
-    window: Window | None
-    minimum_calls: int
-    failure_rate_threshold: float | None
-    slow_call_duration: float | None
-    slow_call_rate_threshold: float | None
-    reset_timeout: float
-    backoff: Backoff | None
-    half_open_permits: int
-    trial_lease: float
-    success_threshold: int
-    record: ExceptionMatcher | Iterable[ExceptionMatcher]
-    ignore: ExceptionMatcher | Iterable[ExceptionMatcher]
-    on_outage: OutagePolicy | str
-    sync_interval: float
-    max_pending: int
-    ttl: float
-
-
 KIND = "cb"
-_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(BreakerOptions))
-
-
-def options_from(settings: Mapping[str, Any]) -> BreakerOptions:
-    """``BreakerOptions(**settings)``, with an unknown name reported as such."""
-    unknown = sorted(set(settings) - set(_OPTION_NAMES))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown breaker option {unknown[0]!r}; the options are: {', '.join(_OPTION_NAMES)}"
-        )
-    return BreakerOptions(**settings)
 
 
 class BreakerBase:

@@ -35,12 +35,17 @@ from typing import Any
 import msgpack
 
 from redisbreaker import scripts
-from redisbreaker.errors import CircuitOpenError, CorruptStateError, StorageError
+from redisbreaker.errors import (
+    BreakerUnavailableError,
+    CircuitOpenError,
+    CorruptStateError,
+    StorageError,
+)
 from redisbreaker.keys import KeySpace
 from redisbreaker.model import BreakerModel, Entry
 from redisbreaker.options import BreakerOptions, OutagePolicy, open_seconds
-from redisbreaker.outage import BreakerUnavailableError, describe, is_outage, rate_limited
-from redisbreaker.state import Snapshot, State, Transition, Verdict, View
+from redisbreaker.outage import describe, is_outage, rate_limited
+from redisbreaker.state import Code, Snapshot, State, Transition, Verdict, View, text_of
 
 monotonic = time.monotonic  # module-level so tests can replace the time source
 
@@ -73,11 +78,11 @@ class Ticket:
 
     generation: int
     token: str = ""  # a half-open permit's lease id, else ""
-    record: bool = True  # False: disabled, or Redis down under fail_open
+    counted: bool = True  # False: disabled, or Redis down under fail_open
     local: bool = False  # admitted by the in-process stand-in (outage policy "local")
 
 
-_UNRECORDED = Ticket(generation=-1, record=False)
+_UNRECORDED = Ticket(generation=-1, counted=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +109,7 @@ class GateVerdict:
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> GateVerdict:
-        action = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        return cls(action, int(reply[1]), int(reply[2]))
+        return cls(text_of(reply[0]), int(reply[1]), int(reply[2]))
 
 
 def _flat(batch: Sequence[Entry]) -> list[Any]:
@@ -121,7 +125,6 @@ class BreakerCore:
         self.keys = keys
         self.key_list = [keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r")]
         self.channel = keys.channel()
-        self.static_args = options.static_argv
         self.now: Callable[[], float] = monotonic  # the local clock (tests drive it)
         self.clock_override: Callable[[], int] | None = None  # Redis's clock (tests only)
         self._lock = threading.Lock()
@@ -195,21 +198,21 @@ class BreakerCore:
         call that the shell must send (it then holds the sender role)."""
         if exc is None:
             slow = self.options.slow_call_duration
-            code = "2" if slow is not None and duration > slow else "0"
+            code = Code.SLOW_SUCCESS if slow is not None and duration > slow else Code.SUCCESS
         else:
             code = self.options.outcome(exc, duration)
         return self.finish_code(ticket, code)
 
-    def finish_code(self, ticket: Ticket, code: str) -> ScriptCall | None:
-        """:meth:`finish` with the outcome code decided (``"x"``: count nothing)."""
-        if ticket.local or (ticket.record and self.outage_since is not None):
+    def finish_code(self, ticket: Ticket, code: Code) -> ScriptCall | None:
+        """:meth:`finish` with the outcome decided (``Code.IGNORED``: count nothing)."""
+        if ticket.local or (ticket.counted and self.outage_since is not None):
             # Redis is known to be down: never stall on it; the stand-in (if any) counts.
             self._local_record(ticket, code)
             return None
-        if not ticket.record or (code == "x" and not ticket.token):
+        if not ticket.counted or (code is Code.IGNORED and not ticket.token):
             return None
         with self._lock:
-            if code == "0" and not ticket.token:
+            if code is Code.SUCCESS and not ticket.token:
                 if ticket.generation != self.pending_gen:
                     return None  # its generation is gone; Redis would drop it too
                 self.pending += 1
@@ -226,7 +229,7 @@ class BreakerCore:
 
     def _queue_pending(self) -> None:
         if self.pending:
-            self._outbox.append((self.pending_gen, "0", self.pending, ""))
+            self._outbox.append((self.pending_gen, Code.SUCCESS, self.pending, ""))
             self.pending = 0
 
     def _take_locked(self) -> tuple[Entry, ...]:
@@ -291,7 +294,10 @@ class BreakerCore:
     def config_args(self) -> list[Any]:
         """ARGV[1..OP-1] of every breaker script (see ``lua/lib/breaker.lua``)."""
         clock = str(self.clock_override()) if self.clock_override else ""
-        return [clock, repr(random.random()), self.channel, self._event_prefix(), *self.static_args]
+        return self.options.argv(
+            clock=clock, rand=random.random(), channel=self.channel,
+            event_prefix=self._event_prefix(),
+        )  # fmt: skip
 
     def _new_token(self) -> str:
         return f"{origin()}:{next(self._tokens)}"
@@ -362,7 +368,7 @@ class BreakerCore:
         if view.verdict is Verdict.REJECT:
             raise self._open_error(now, view.state, view.wait_ms / 1000.0)
         if view.state is State.DISABLED:
-            return Ticket(view.generation, record=False)
+            return Ticket(view.generation, counted=False)
         assert self.allow_ticket is not None
         return self.allow_ticket
 
@@ -379,7 +385,7 @@ class BreakerCore:
             if state is State.CLOSED:
                 self.allow_ticket = Ticket(view.generation)
             elif state is State.DISABLED:
-                self.allow_ticket = Ticket(view.generation, record=False)
+                self.allow_ticket = Ticket(view.generation, counted=False)
             else:
                 self.allow_ticket = None
                 self.reject_state = state

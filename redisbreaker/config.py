@@ -19,7 +19,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import redis
@@ -134,7 +134,7 @@ def client_from_url(url: str, **options: Any) -> SyncClient:
     parsed = parse_url(url)
     if parsed.scheme == "fakeredis":
         fake = _fakeredis()
-        return fake.FakeRedis(server=_fake_server(url))  # type: ignore[no-any-return]
+        return cast(SyncClient, fake.FakeRedis(server=_fake_server(url)))
     if parsed.is_cluster:
         parts = urlsplit(url)
         # redis-py leaves ClusterNode.__init__ unannotated.
@@ -159,7 +159,7 @@ def async_client_from_url(url: str, **options: Any) -> AsyncClient:
     parsed = parse_url(url)
     if parsed.scheme == "fakeredis":
         fake = _fakeredis()
-        return fake.FakeAsyncRedis(server=_fake_server(url))  # type: ignore[no-any-return]
+        return cast(AsyncClient, fake.FakeAsyncRedis(server=_fake_server(url)))
     if parsed.is_cluster:
         parts = urlsplit(url)
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in parsed.cluster_nodes]

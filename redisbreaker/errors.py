@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 
 class RedisBreakerError(Exception):
     """Base class of every error this library raises on purpose."""
@@ -38,6 +40,22 @@ class CircuitOpenError(RedisBreakerError):
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float, str]]:
         # Celery pickles exceptions into results; keep the fields across that.
         return (type(self), (self.name, self.retry_after, self.state))
+
+
+class BreakerUnavailableError(CircuitOpenError):
+    """Redis is unreachable and the breaker's policy is ``fail_closed``.
+
+    A subclass of :class:`CircuitOpenError`, so code (and the Celery integration)
+    that handles an open breaker handles this the same way: the task is retried later.
+    """
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(name, retry_after, state="unavailable")
+
+
+# What a script call can raise from redis-py or the socket; the breaker core sorts
+# outages (the policy applies) from everything else (logged at ERROR).
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
 class TransactionError(RedisBreakerError):

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from redisbreaker.immediate import Immediate, run_now
 from redisbreaker.outage import rate_limited
+from redisbreaker.state import text_of
 
 # A hub with no listeners for this long closes its connection and ends; the next
 # listener starts it again (so idle processes and dropped clients hold nothing).
@@ -137,11 +138,7 @@ class _Dispatch:
             connected.set()
             self.reset_all()  # anything published before the subscription was missed
         elif kind == "message":
-            self.deliver(_text(message["channel"]), message["data"])
-
-
-def _text(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+            self.deliver(text_of(message["channel"]), message["data"])
 
 
 class Hub(Protocol):

@@ -7,15 +7,17 @@ of their own; processes sharing a breaker should use the same settings.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypedDict
 
 from redisbreaker.errors import ConfigurationError
+from redisbreaker.state import Code
 
 ExceptionMatcher: TypeAlias = type[BaseException] | Callable[[BaseException], bool]
 
@@ -73,16 +75,13 @@ def _positive_int(name: str, value: object, *, maximum: int = 2**31) -> int:
 
 
 def _number(name: str, value: object, *, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = math.isfinite(v) and (v > low if low_open else v >= low) and v <= high
-    if not ok:
+    v = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if v is None or not (math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
         bracket = "(" if low_open else "["
         raise ConfigurationError(
             f"{name} must be a number in {bracket}{low}, {high}], got {value!r}"
         )
-    return float(value)  # type: ignore[arg-type]
+    return v
 
 
 def _matchers(name: str, value: object) -> tuple[ExceptionMatcher, ...]:
@@ -192,13 +191,7 @@ class BreakerOptions:
         _positive_int("success_threshold", self.success_threshold, maximum=10_000)
         set_(self, "record", _matchers("record", self.record))
         set_(self, "ignore", _matchers("ignore", self.ignore))
-        try:
-            set_(self, "on_outage", OutagePolicy(self.on_outage))
-        except ValueError:
-            choices = [p.value for p in OutagePolicy]
-            raise ConfigurationError(
-                f"on_outage must be one of {choices}, got {self.on_outage!r}"
-            ) from None
+        set_(self, "on_outage", outage_policy(self.on_outage))
         _number("sync_interval", self.sync_interval, low=0.0, high=3600.0, low_open=True)
         _positive_int("max_pending", self.max_pending, maximum=10_000_000)
         _number("ttl", self.ttl, low=1.0, high=365 * 86_400.0)
@@ -208,14 +201,7 @@ class BreakerOptions:
                 f"ttl={self.ttl!r} is shorter than the longest open period ({longest}s)"
             )
 
-    @property
-    def open_ceiling(self) -> float:
-        """The longest an automatic open period can last, in seconds."""
-        if self.backoff is None:
-            return self.reset_timeout
-        return self.backoff.max * (1 + self.backoff.jitter)
-
-    def outcome(self, exc: BaseException | None, duration: float) -> str:
+    def outcome(self, exc: BaseException | None, duration: float) -> Code:
         """The outcome code a call's result maps to (see ``lua/lib/outcomes.lua``).
 
         As in pybreaker, purgatory and resilience4j, an exception that ``record`` does
@@ -227,12 +213,12 @@ class BreakerOptions:
         slow = self.slow_call_duration is not None and duration > self.slow_call_duration
         if exc is not None:
             if _matches(self.ignore, exc):
-                return "x"
+                return Code.IGNORED
             if _matches(self.record, exc):
-                return "3" if slow else "1"
+                return Code.SLOW_FAILURE if slow else Code.FAILURE
             if not isinstance(exc, Exception):
-                return "x"
-        return "2" if slow else "0"
+                return Code.IGNORED
+        return Code.SLOW_SUCCESS if slow else Code.SUCCESS
 
     @functools.cached_property
     def static_argv(self) -> tuple[bytes, ...]:
@@ -286,6 +272,15 @@ class BreakerOptions:
         return [clock, repr(rand), channel, event_prefix, *self.static_argv]
 
 
+def outage_policy(value: object, name: str = "on_outage") -> OutagePolicy:
+    """``value`` (an :class:`OutagePolicy` or its name) as a policy; the error names it."""
+    try:
+        return OutagePolicy(value)  # type: ignore[arg-type]  # ValueError for a non-str too
+    except ValueError:
+        choices = [p.value for p in OutagePolicy]
+        raise ConfigurationError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
 def open_seconds(value: object, name: str = "seconds") -> float:
     """Validate how long an operator opens a breaker (or pauses a queue) for."""
     return _number(name, value, low=0.001, high=MAX_OPEN_SECONDS)
@@ -307,3 +302,41 @@ def _ms(seconds: float) -> int:
 
 def _basis_points(fraction: float | None) -> int:
     return 0 if fraction is None else max(1, round(fraction * 10_000))
+
+
+class BreakerSettings(TypedDict, total=False):
+    """What a caller may pass as a breaker's options (``SharedBreaker(name, **settings)``,
+    ``shared_breaker(**settings)``): the fields of :class:`BreakerOptions`, with the
+    input each accepts. (Python's typing cannot derive a TypedDict from a dataclass;
+    ``tests/unit/test_options.py`` fails if the two lists ever differ.)"""
+
+    fail_max: int | None
+    window: Window | None
+    minimum_calls: int
+    failure_rate_threshold: float | None
+    slow_call_duration: float | None
+    slow_call_rate_threshold: float | None
+    reset_timeout: float
+    backoff: Backoff | None
+    half_open_permits: int
+    trial_lease: float
+    success_threshold: int
+    record: ExceptionMatcher | Iterable[ExceptionMatcher]
+    ignore: ExceptionMatcher | Iterable[ExceptionMatcher]
+    on_outage: OutagePolicy | str
+    sync_interval: float
+    max_pending: int
+    ttl: float
+
+
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(BreakerOptions))
+
+
+def options_from(settings: Mapping[str, Any]) -> BreakerOptions:
+    """``BreakerOptions(**settings)``, with an unknown name reported as such."""
+    unknown = sorted(set(settings) - set(_OPTION_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown breaker option {unknown[0]!r}; the options are: {', '.join(_OPTION_NAMES)}"
+        )
+    return BreakerOptions(**settings)

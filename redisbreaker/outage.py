@@ -9,20 +9,7 @@ import time
 
 import redis.exceptions as rx
 
-from redisbreaker.errors import CircuitOpenError
-
 logger = logging.getLogger("redisbreaker")
-
-
-class BreakerUnavailableError(CircuitOpenError):
-    """Redis is unreachable and the breaker's policy is ``fail_closed``.
-
-    A subclass of :class:`CircuitOpenError`, so code (and the Celery integration)
-    that handles an open breaker handles this the same way: the task is retried later.
-    """
-
-    def __init__(self, name: str, retry_after: float) -> None:
-        super().__init__(name, retry_after, state="unavailable")
 
 
 class RateLimitedLog:

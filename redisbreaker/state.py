@@ -18,6 +18,21 @@ class State(StrEnum):
     DISABLED = "disabled"  # an operator said so: every call passes, nothing is recorded
 
 
+class Code(StrEnum):
+    """What one finished call counts as: the outcome codes the scripts read
+    (``lua/lib/outcomes.lua``)."""
+
+    SUCCESS = "0"
+    FAILURE = "1"
+    SLOW_SUCCESS = "2"
+    SLOW_FAILURE = "3"
+    IGNORED = "x"  # counts nothing (hands a half-open permit back)
+
+    @property
+    def failed(self) -> bool:
+        return self in (Code.FAILURE, Code.SLOW_FAILURE)
+
+
 class Verdict(StrEnum):
     """What an admit script decided about one call."""
 
@@ -63,12 +78,13 @@ class View:
             int(reply[8]),
             _STATES[old] if old else None,
             _VERDICTS[reply[10]],
-            _text(reply[11]) if len(reply) > 11 else "",
+            text_of(reply[11]) if len(reply) > 11 else "",
         )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def text_of(value: object) -> str:
+    """A value as Redis returned it (``bytes``, or ``str`` with decoding on) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 _STATES: dict[Any, State] = {**{s.value: s for s in State}, **{s.value.encode(): s for s in State}}

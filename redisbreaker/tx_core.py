@@ -46,6 +46,7 @@ from redisbreaker.errors import (
 )
 from redisbreaker.keys import KeySpace
 from redisbreaker.scripts import explain, source
+from redisbreaker.state import text_of
 
 logger = logging.getLogger("redisbreaker")
 
@@ -378,12 +379,6 @@ def begin_args(
 # --- replies ------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
 def _int(tx: str, what: str, value: Any, low: int = 0, high: int = 2**53) -> int:
     if isinstance(value, bool) or not isinstance(value, int | bytes | str):
         raise CorruptStateError(f"transaction {tx!r}: {what} is {value!r}, not a number")
@@ -398,7 +393,7 @@ def _int(tx: str, what: str, value: Any, low: int = 0, high: int = 2**53) -> int
 
 def _refusal(tx: str, code: str, reply: Sequence[Any], participant: str | None) -> Exception:
     """The error for a script's refusal code (nothing was written when it refused)."""
-    detail = [_text(x) for x in reply[1:3]]
+    detail = [text_of(x) for x in reply[1:3]]
     if code == "unknown":
         return UnknownTransactionError(
             f"transaction {tx!r} is unknown: never begun, or its decision has expired"
@@ -431,7 +426,7 @@ def _refusal(tx: str, code: str, reply: Sequence[Any], participant: str | None) 
 def _code(tx: str, reply: Any) -> str:
     if not isinstance(reply, list | tuple) or not reply:
         raise CorruptStateError(f"transaction {tx!r}: unexpected script reply {reply!r}")
-    return _text(reply[0])
+    return text_of(reply[0])
 
 
 def parse_view(tx: str, reply: Any, participant: str | None = None) -> Decision:
@@ -441,7 +436,7 @@ def parse_view(tx: str, reply: Any, participant: str | None = None) -> Decision:
         raise _refusal(tx, code, reply, participant)
     if len(reply) != 14:
         raise CorruptStateError(f"transaction {tx!r}: unexpected script reply {reply!r}")
-    outcome_text = _text(reply[1])
+    outcome_text = text_of(reply[1])
     try:
         outcome = Outcome(outcome_text)
     except ValueError:
@@ -455,17 +450,17 @@ def parse_view(tx: str, reply: Any, participant: str | None = None) -> Decision:
         deadline_ms=_int(tx, "deadline", reply[10]),
         now_ms=_int(tx, "server time", reply[11]),
     )
-    my_vote = _text(reply[12])
+    my_vote = text_of(reply[12])
     if my_vote not in ("", "0", "1"):
         raise CorruptStateError(f"transaction {tx!r}: vote on record is {my_vote!r}")
     decided = outcome is not Outcome.PENDING
-    who = _text(reply[3])
+    who = text_of(reply[3])
     return Decision(
         tx_id=tx,
         outcome=outcome,
         tally=tally,
-        reason=_text(reply[4]) if decided else None,
-        reason_kind=_text(reply[2]) if decided else None,
+        reason=text_of(reply[4]) if decided else None,
+        reason_kind=text_of(reply[2]) if decided else None,
         participant=who or None,
         decided_at_ms=_int(tx, "decided at", reply[5]) if decided else None,
         vote=None if my_vote == "" else my_vote == "1",
@@ -475,7 +470,7 @@ def parse_view(tx: str, reply: Any, participant: str | None = None) -> Decision:
 
 def parse_begin(tx: str, token: str, reply: Any) -> Decision | None:
     """The view of a new transaction; ``None`` when an earlier try of this begin made it."""
-    if _code(tx, reply) == "exists" and len(reply) > 1 and _text(reply[1]) == token:
+    if _code(tx, reply) == "exists" and len(reply) > 1 and text_of(reply[1]) == token:
         return None
     return parse_view(tx, reply)
 
@@ -506,9 +501,9 @@ def parse_claim(tx: str, reply: Any) -> Claim:
         raise _refusal(tx, code, reply, None)
     if len(reply) < 4:
         raise CorruptStateError(f"transaction {tx!r}: unexpected claim reply {reply!r}")
-    payload = reply[3] if isinstance(reply[3], bytes) else _text(reply[3]).encode()
+    payload = reply[3] if isinstance(reply[3], bytes) else text_of(reply[3]).encode()
     try:
-        outcome = Outcome(_text(reply[2]))
+        outcome = Outcome(text_of(reply[2]))
     except ValueError:
         raise CorruptStateError(f"transaction {tx!r}: claim reply {reply!r}") from None
     return Claim(
@@ -516,7 +511,7 @@ def parse_claim(tx: str, reply: Any) -> Claim:
         granted=bool(_int(tx, "granted", reply[1], 0, 1)),
         outcome=outcome,
         payload=payload,
-        pending=tuple(_text(p) for p in reply[4:]),
+        pending=tuple(text_of(p) for p in reply[4:]),
     )
 
 
@@ -526,10 +521,10 @@ def parse_payload(tx: str, reply: Any) -> tuple[Outcome, bytes]:
     if code != "ok" or len(reply) != 3:
         raise _refusal(tx, code, reply, None)
     try:
-        outcome = Outcome(_text(reply[1]))
+        outcome = Outcome(text_of(reply[1]))
     except ValueError:
         raise CorruptStateError(f"transaction {tx!r}: payload reply {reply!r}") from None
-    payload = reply[2] if isinstance(reply[2], bytes) else _text(reply[2]).encode()
+    payload = reply[2] if isinstance(reply[2], bytes) else text_of(reply[2]).encode()
     return outcome, payload
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import redis
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 import redisbreaker
 from redisbreaker import (
@@ -25,11 +26,11 @@ from tests.helpers import Boom, boom, fail_n, ok, script_calls, settle_hub, wait
 
 
 def make(
-    r: redis.Redis, name: str = "api", clock: VirtualClock | None = None, **kw: object
+    r: redis.Redis, name: str | bytes = "api", clock: VirtualClock | None = None, **kw: Any
 ) -> SharedBreaker:
     """A breaker on ``r``; with ``clock``, it reads that clock locally and in Redis."""
     kw.setdefault("reset_timeout", 30)
-    b = SharedBreaker(name, client=r, **kw)  # type: ignore[arg-type]
+    b = SharedBreaker(name, client=r, **kw)
     if clock is not None:
         clock.attach(b)
     return b
@@ -49,7 +50,7 @@ def test_three_ways_in(r: redis.Redis) -> None:
         pass
     with pytest.raises(Boom), b:
         boom()
-    assert decorated.__wrapped__.__name__ == "decorated"  # functools.wraps kept the original
+    assert getattr(decorated, "__wrapped__").__name__ == "decorated"  # noqa: B009  # functools.wraps kept it
     with pytest.raises(Boom):
         b.call(boom)
     assert b.snapshot().consecutive_failures == 2
@@ -250,7 +251,7 @@ def test_subscribers_see_transitions_made_elsewhere(r: redis.Redis) -> None:
 
 
 def _hub_connected(b: SharedBreaker) -> bool:
-    return hub_for(b.client).connected.is_set()
+    return bool(hub_for(b.client).connected.is_set())
 
 
 def test_closed_successes_cost_no_round_trip(r: redis.Redis) -> None:

@@ -281,6 +281,7 @@ def test_clients_we_build_do_not_retry_and_wait_for_a_connection(redis_url: str)
     """configure()'s client: no redis-py retries, a blocking pool, bounded timeouts."""
     redisbreaker.configure(url=redis_url)
     client = redisbreaker.config.default_client()
+    assert isinstance(client, redis.Redis)
     assert isinstance(client.connection_pool, redis.BlockingConnectionPool)
     kwargs = client.connection_pool.connection_kwargs
     assert kwargs["retry"].get_retries() == 0 and kwargs["socket_timeout"] == 2.0

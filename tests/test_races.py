@@ -178,7 +178,7 @@ def test_half_open_admits_exactly_the_permitted_trials(redis_url: str, permits: 
         pass
     assert b.snapshot().state is State.OPEN
     queue = CTX.Queue()
-    sync = {
+    sync: dict[str, Any] = {
         "bound": CTX.Barrier(PROCS + 1),
         "start": CTX.Barrier(PROCS + 1),
         "retry": CTX.Event(),

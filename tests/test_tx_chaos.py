@@ -38,7 +38,7 @@ class CountingRedis(redis.Redis):
 
 def counting_client(server: RedisServer, timeout: float = 0.5) -> CountingRedis:
     """Like the clients the library builds: no retry inside redis-py, blocking pool."""
-    pool = redis.BlockingConnectionPool(
+    pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]  # untyped in redis-py
         port=server.port,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

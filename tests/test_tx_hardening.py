@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -54,7 +55,12 @@ def test_partial_state_is_corrupt_and_never_decided(r: redis.Redis, missing: str
     tx.vote("a", True)
     r.hdel(state_key(tx), missing)
     before = r.hgetall(state_key(tx))
-    for call in (lambda: tx.vote("b", True), lambda: tx.vote("a", True), tx.status):
+    calls: list[Callable[[], object]] = [
+        lambda: tx.vote("b", True),
+        lambda: tx.vote("a", True),
+        tx.status,
+    ]
+    for call in calls:
         with pytest.raises(CorruptStateError, match=repr(tx.id)):
             call()
     assert r.hgetall(state_key(tx)) == before
@@ -256,7 +262,13 @@ def test_wrong_type_key_is_corrupt_state(r: redis.Redis) -> None:
     StorageError), never a raw WRONGTYPE ResponseError, from every call."""
     tx = Transaction("wrongtype", client=r)
     r.set(state_key(tx), "not a hash")
-    for call in (lambda: tx.vote(0, True), tx.status, lambda: tx.ack(0), lambda: tx.abort("x")):
+    calls: list[Callable[[], object]] = [
+        lambda: tx.vote(0, True),
+        tx.status,
+        lambda: tx.ack(0),
+        lambda: tx.abort("x"),
+    ]
+    for call in calls:
         with pytest.raises(CorruptStateError, match="wrongtype"):
             call()
     with pytest.raises(CorruptStateError):

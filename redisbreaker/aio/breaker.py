@@ -12,11 +12,11 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 
 from redisbreaker import config, forking
-from redisbreaker.breaker_base import STORAGE_ERRORS, BreakerBase, decode
+from redisbreaker.breaker_base import BreakerBase, decode
 from redisbreaker.breaker_core import SENDER_ROUNDS, ScriptCall, Ticket
-from redisbreaker.errors import StorageError
+from redisbreaker.errors import STORAGE_ERRORS, StorageError
 from redisbreaker.events import async_hub_for
-from redisbreaker.state import Snapshot, View
+from redisbreaker.state import Code, Snapshot, View
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -124,7 +124,7 @@ class SharedBreaker(BreakerBase):
         except _NotAwaitable as misuse:
             # A sync function: it ran, but its result says nothing the breaker should
             # count as the outcome of an awaited call. Count nothing; name the class.
-            await self._send(self._core.finish_code(ticket, "x"))
+            await self._send(self._core.finish_code(ticket, Code.IGNORED))
             raise TypeError(str(misuse)) from None
         except BaseException as exc:
             await self._send(self._core.finish(ticket, exc, now() - start))

@@ -26,8 +26,9 @@ __all__ = ["Decision", "Outcome", "Participation", "Tally", "Transaction"]
 
 class Transaction(
     TransactionApi[
-        Awaitable[Decision], Awaitable[Tally], Awaitable[tuple[Outcome, bytes]],
-        Awaitable[Claim], Awaitable[tuple[bool, bool]], Awaitable["Transaction"],
+        Coroutine[Any, Any, Decision], Coroutine[Any, Any, Tally],
+        Coroutine[Any, Any, tuple[Outcome, bytes]], Coroutine[Any, Any, Claim],
+        Coroutine[Any, Any, tuple[bool, bool]], Coroutine[Any, Any, "Transaction"],
     ]
 ):  # fmt: skip
     __doc__ = TransactionApi.__doc__

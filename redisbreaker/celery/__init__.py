@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import signals
+try:
+    from celery import signals
+except ImportError as missing:  # pragma: no cover - the message is the point
+    raise ImportError(
+        "redisbreaker.celery needs Celery: pip install 'redisbreaker[celery]'"
+    ) from missing
 
 from redisbreaker.celery.gate import ConsumptionGate, manual_breaker
 from redisbreaker.celery.scopes import SCOPES, Scope, check_scope

@@ -54,7 +54,7 @@ class Watch:
 
 
 @dataclass(frozen=True)
-class Decision:
+class PauseDecision:
     """What the gate thread decided: queues to pause, queues open for one trial."""
 
     paused: frozenset[str] = frozenset()
@@ -69,7 +69,7 @@ class GateController:
     consumer: Any
     watches: list[Watch] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)  # consumed when nothing is paused
-    decision: Decision = field(default_factory=Decision)
+    decision: PauseDecision = field(default_factory=PauseDecision)
     applied: frozenset[str] = frozenset()
     _wake: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -187,7 +187,7 @@ class GateController:
             elif watch.action == "trial":
                 trial.update(queues)
         with self._lock:
-            self.decision = Decision(frozenset(paused), frozenset(trial - paused), self._epoch)
+            self.decision = PauseDecision(frozenset(paused), frozenset(trial - paused), self._epoch)
 
     def _run(self) -> None:
         while not self._stopped.is_set():

@@ -18,7 +18,7 @@ from typing import Any
 from redisbreaker import config
 from redisbreaker.errors import ConfigurationError
 from redisbreaker.keys import validate_prefix
-from redisbreaker.options import OutagePolicy
+from redisbreaker.options import OutagePolicy, outage_policy
 
 logger = logging.getLogger("redisbreaker.celery")
 
@@ -98,15 +98,7 @@ class Settings:
         if prefix is not None:
             validate_prefix(prefix)
         outage = conf.get("redisbreaker_on_outage")
-        policy = None
-        if outage is not None:
-            try:
-                policy = OutagePolicy(outage)
-            except ValueError:
-                choices = [p.value for p in OutagePolicy]
-                raise ConfigurationError(
-                    f"redisbreaker_on_outage must be one of {choices}, got {outage!r}"
-                ) from None
+        policy = None if outage is None else outage_policy(outage, "redisbreaker_on_outage")
         hostname = conf.get("redisbreaker_hostname") or socket.gethostname()
         if not isinstance(hostname, str):
             raise ConfigurationError(f"redisbreaker_hostname must be a str, got {hostname!r}")

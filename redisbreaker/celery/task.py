@@ -22,11 +22,10 @@ from celery import signals
 from celery.exceptions import Ignore, Reject, Retry
 
 from redisbreaker.breaker import SharedBreaker
-from redisbreaker.breaker_base import BreakerSettings
 from redisbreaker.celery.scopes import Scope, resolve_pause, scoped_name
 from redisbreaker.celery.settings import is_installed, settings_for
 from redisbreaker.errors import CircuitOpenError, ConfigurationError
-from redisbreaker.options import BreakerOptions
+from redisbreaker.options import BreakerSettings, options_from
 
 logger = logging.getLogger("redisbreaker.celery")
 
@@ -128,7 +127,7 @@ class BreakerSpec:
         except CELERY_CONTROL_FLOW:
             raise
         except Exception as exc:
-            if self.retry_on_failure and breaker.options.outcome(exc, 0.0) in ("1", "3"):
+            if self.retry_on_failure and breaker.options.outcome(exc, 0.0).failed:
                 # Re-sent, not lost: with a paused scope it runs on a worker that can
                 # succeed. It counts against max_retries like any Celery retry.
                 raise task.retry(exc=exc, countdown=self.failure_countdown) from exc
@@ -273,7 +272,7 @@ def shared_breaker(
         raise ConfigurationError(f"name must be a non-empty str without '|', got {name!r}")
     if isinstance(failure_countdown, bool) or not isinstance(failure_countdown, int | float):
         raise ConfigurationError(f"failure_countdown must be a number, got {failure_countdown!r}")
-    BreakerOptions(**settings)  # type: ignore[arg-type]  # validates every breaker option now
+    options_from(settings)  # validates every breaker option now
 
     def decorate(task: T) -> T:
         spec = BreakerSpec(
@@ -282,7 +281,7 @@ def shared_breaker(
             failure_countdown=float(failure_countdown), settings=dict(settings),
         )  # fmt: skip
         if _is_proxy(task):
-            if task.__evaluated__():  # type: ignore[attr-defined]
+            if task.__evaluated__():  # type: ignore[attr-defined]  # Celery's Proxy API, untyped
                 _attach(task, spec)
                 return task
             with _wrapped_lock:
@@ -295,7 +294,8 @@ def shared_breaker(
                     "on_open='reject' needs acks_late=True, but the task sets acks_late=False"
                 )
             # The task is created when the app is finalized; wrap it then.
-            task.__then__(lambda: _attach(task._get_current_object(), spec))  # type: ignore[attr-defined]
+            proxy: Any = task  # Celery's Proxy API is untyped
+            proxy.__then__(lambda: _attach(proxy._get_current_object(), spec))
             return task
         if not hasattr(task, "run") or not hasattr(task, "request"):
             raise ConfigurationError(

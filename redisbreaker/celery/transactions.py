@@ -1,6 +1,6 @@
 """Transactions from Celery: start N tasks as one transaction, in one of two modes.
 
-**blocking** (the seed's model): each task opens its database transaction, does its
+**blocking**: each task opens its database transaction, does its
 work inside ``Transaction(tx_id).participate(...)``, which votes, waits for the
 decision, then commits or rolls back and acks. Simple, and the database does the
 staging; but every participant holds a worker slot while it waits, so the fleet

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -130,8 +131,9 @@ class RedisServer:
             return (self.workdir / "redis.log").read_text()[-2000:]
         return ""
 
-    def client(self, **options: object) -> redis.Redis:
-        return redis.Redis(port=self.port, **options)  # type: ignore[arg-type]
+    def client(self, **options: Any) -> redis.Redis:
+        """A plain redis-py client of this server (``options`` as redis.Redis takes)."""
+        return redis.Redis(port=self.port, **options)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; the data directory is kept for a restart."""

@@ -85,3 +85,20 @@ def test_readme_layout_lists_every_module() -> None:
         if rel not in named and not (package and package in named):
             missing.append(rel)
     assert missing == []
+
+
+def test_celery_integration_without_celery_names_the_extra() -> None:
+    """Importing redisbreaker.celery without Celery says which extra to install."""
+    code = (
+        "import sys; sys.modules['celery'] = None\n"
+        "try:\n    import redisbreaker.celery\nexcept ImportError as e:\n    print(e)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install 'redisbreaker[celery]'" in done.stdout, done.stderr
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    """One source for the version: the installed distribution's metadata."""
+    from importlib import metadata
+
+    assert redisbreaker.__version__ == metadata.version("redisbreaker")

@@ -83,4 +83,16 @@ def test_bad_prefix_and_listener() -> None:
 def test_options_are_keyword_only() -> None:
     """All options are keyword-only."""
     with pytest.raises(TypeError):
-        SharedBreaker("x", 5)  # type: ignore[misc]
+        SharedBreaker("x", 5)  # type: ignore[call-arg]  # the point of the test
+
+
+def test_breaker_settings_and_options_list_the_same_options() -> None:
+    """BreakerSettings (what callers pass) and BreakerOptions (what is kept) cannot
+    drift: the same names, in the same order."""
+    import dataclasses
+
+    from redisbreaker.options import BreakerOptions, BreakerSettings
+
+    assert list(BreakerSettings.__annotations__) == [
+        f.name for f in dataclasses.fields(BreakerOptions)
+    ]

@@ -26,7 +26,7 @@ class SharedBreaker(BreakerBase):
     """A circuit breaker whose state lives in Redis, shared by every process using it.
 
     Use it as ``breaker.call(fn, ...)``, as a decorator, or as ``with breaker:``.
-    Raises :class:`~redisbreaker.CircuitOpenError` when open. See the README for
+    Raises :class:`~redisbreaker.CircuitOpenError` when open. See docs/breaker.md for
     every option; all are keyword-only and validated here.
     """
 

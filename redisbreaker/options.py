@@ -119,7 +119,7 @@ def _matches(matchers: tuple[ExceptionMatcher, ...], exc: BaseException) -> bool
 
 @dataclass(frozen=True)
 class BreakerOptions:
-    """All of a breaker's settings. See the README's option table for each one."""
+    """All of a breaker's settings. See docs/breaker.md's option table for each one."""
 
     fail_max: int | None = 5
     window: Window | None = None

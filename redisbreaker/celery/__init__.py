@@ -1,6 +1,6 @@
 """Celery integration: ``install(app)``, ``@shared_breaker``, and manual ``pause``/``resume``.
 
-See the README's Celery section. In short::
+See docs/celery.md. In short::
 
     app = Celery(broker="redis://localhost:6379/0")
     redisbreaker.celery.install(app)

@@ -56,7 +56,7 @@ def broker_redis_url(broker_url: object) -> str | None:
 
 @dataclass
 class Settings:
-    """What the Celery integration reads from ``app.conf`` (see the README's table).
+    """What the Celery integration reads from ``app.conf`` (see docs/celery.md).
 
     Every part of the integration (breakers, the gate, transactions, handlers, the
     watchdog) finds its Redis here, by one rule, first match wins:

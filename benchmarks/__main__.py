@@ -29,6 +29,7 @@ SUITES = [
     "amplification",
     "votes",
     "window_cost",
+    "listing",
 ]
 DEFAULT_OUT = Path(__file__).parent / "results"
 

@@ -7,9 +7,10 @@
 -- ARGV: [1..18] config; [OP] worker id; [OP+1] lease ms; [OP+2] mode: 'trial' (a task
 --   breaker: one worker resumes for the half-open trial) or 'manual' (a manual pause:
 --   everyone resumes at the deadline).
--- Reply: {action, generation, ms}: action 'resume' (closed or disabled: consume),
+-- Reply: {action, generation, ms, now}: action 'resume' (closed or disabled: consume),
 --   'trial' (this worker holds the lease: consume, ms = lease left), or 'wait'
---   (stay paused; ms = time until the deadline or the lease ends, 0 = no deadline).
+--   (stay paused; ms = time until the deadline or the lease ends, 0 = no deadline);
+--   now is the server's clock (ms), which the gate's heartbeat reports times in.
 -- Atomic because: the lease must be taken by exactly one worker of the scope, and
 -- only once the open period the gate saw has really ended by the server's clock.
 -- Writes nothing but L: the breaker's state is not saved (the trial task's own admit
@@ -23,10 +24,10 @@ if s.err then return s end
 local L = KEYS[#KEYS]
 local me, lease_ms, mode = ARGV[OP], tonumber(ARGV[OP + 1]), ARGV[OP + 2]
 
-if s.st == 'closed' or s.st == 'disabled' then return { 'resume', s.gen, 0 } end
-if s.st == 'forced_open' then return { 'wait', s.gen, 0 } end
-if s.st == 'open' and now < s['until'] then return { 'wait', s.gen, s['until'] - now } end
-if mode == 'manual' then return { 'resume', s.gen, 0 } end
+if s.st == 'closed' or s.st == 'disabled' then return { 'resume', s.gen, 0, now } end
+if s.st == 'forced_open' then return { 'wait', s.gen, 0, now } end
+if s.st == 'open' and now < s['until'] then return { 'wait', s.gen, s['until'] - now, now } end
+if mode == 'manual' then return { 'resume', s.gen, 0, now } end
 
 -- Due (open past its deadline) or half-open: the open period began at this generation.
 local period = (s.st == 'open') and s.gen or (s.gen - 1)
@@ -36,8 +37,8 @@ if held then
   local who, gen = '', -1
   if sep then who, gen = string.sub(held, 1, sep - 1), tonumber(string.sub(held, sep + 1)) or -1 end
   if gen >= period and who ~= me then
-    return { 'wait', s.gen, redis.call('PTTL', L) }
+    return { 'wait', s.gen, redis.call('PTTL', L), now }
   end
 end
 redis.call('SET', L, me .. '|' .. period, 'PX', lease_ms)
-return { 'trial', s.gen, lease_ms }
+return { 'trial', s.gen, lease_ms, now }

@@ -179,23 +179,29 @@ class SharedBreaker(BreakerBase):
         Never takes a half-open permit: only an admitted call does."""
         return self._core.snapshot(self._exchange(self._core.flush_call()))
 
-    def force_open(self) -> Snapshot:
+    def force_open(self, *, reason: str | None = None) -> Snapshot:
         """Open the breaker cluster-wide until :meth:`reset` (calls are refused)."""
-        return self._core.snapshot(self._exchange(self._core.operate_call("force_open")))
+        return self._core.snapshot(
+            self._exchange(self._core.operate_call("force_open", reason=reason))
+        )
 
-    def open(self, seconds: float) -> Snapshot:
+    def open(self, seconds: float, *, reason: str | None = None) -> Snapshot:
         """Open the breaker cluster-wide for ``seconds``; then it goes half-open as usual."""
-        return self._core.snapshot(self._exchange(self._core.operate_call("open", seconds)))
+        return self._core.snapshot(
+            self._exchange(self._core.operate_call("open", seconds, reason=reason))
+        )
 
-    def disable(self) -> Snapshot:
+    def disable(self, *, reason: str | None = None) -> Snapshot:
         """Let every call through cluster-wide and record nothing, until :meth:`reset`."""
-        return self._core.snapshot(self._exchange(self._core.operate_call("disable")))
+        return self._core.snapshot(
+            self._exchange(self._core.operate_call("disable", reason=reason))
+        )
 
     def claim_gate(self, worker_id: str, lease_ms: int, mode: str) -> GateVerdict:
         """For the Celery consumption gate: may paused worker ``worker_id`` consume
         again? One script call; raises StorageError. See ``lua/gate_claim.lua``."""
         return GateVerdict.parse(self._reply(self._core.gate_claim_call(worker_id, lease_ms, mode)))
 
-    def reset(self) -> Snapshot:
+    def reset(self, *, reason: str | None = None) -> Snapshot:
         """Close the breaker cluster-wide and clear its counts."""
-        return self._core.snapshot(self._exchange(self._core.operate_call("reset")))
+        return self._core.snapshot(self._exchange(self._core.operate_call("reset", reason=reason)))

@@ -20,10 +20,12 @@ one script call it names, and hand the reply back. The core keeps the cached vie
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -38,6 +40,7 @@ from redisbreaker import scripts
 from redisbreaker.errors import (
     BreakerUnavailableError,
     CircuitOpenError,
+    ConfigurationError,
     CorruptStateError,
     StorageError,
 )
@@ -60,16 +63,46 @@ SENDER_ROUNDS = 64
 # at most this often per breaker and process, with a count of the ones in between.
 ERROR_LOG_INTERVAL = 5.0
 
+_DID = {State.OPEN: "opened", State.FORCED_OPEN: "forced open", State.DISABLED: "disabled"}
+# How the reason of an operator's command begins (see lua/breaker_operate.lua).
+OPERATOR_COMMANDS = ("open for ", "force_open by ", "disable by ", "reset by ")
+
 _origin_cache: tuple[int, str] | None = None
+_process_label: str | None = None
+# A failure's description, as recorded with a trip, is cut to this many bytes.
+NOTE_BYTES = 200
+_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")
+
+
+def set_process_label(label: str | None) -> None:
+    """Name this process in the reasons it records (the Celery integration uses the
+    worker's node name); the default is the host name."""
+    global _process_label, _origin_cache
+    _process_label = label
+    _origin_cache = None
 
 
 def origin() -> str:
-    """An id for this process: host, pid and a random part (fresh after fork)."""
+    """An id for this process: its label (host name or worker), pid and a random part
+    (fresh after fork)."""
     global _origin_cache
     pid = os.getpid()
     if _origin_cache is None or _origin_cache[0] != pid:
-        _origin_cache = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")
+        label = _process_label or socket.gethostname()
+        _origin_cache = (pid, f"{label}:{pid}:{uuid.uuid4().hex[:8]}")
     return _origin_cache[1]
+
+
+def failure_note(exc: BaseException) -> str:
+    """``Class: message`` of a failure, at most ``NOTE_BYTES`` bytes, credentials in
+    URLs masked: what a trip records as its cause."""
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not break the outcome report
+        text = ""
+    text = _CREDENTIALS.sub(r"\1***@", text.splitlines()[0] if text else "")
+    note = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return note.encode("utf-8", "replace")[:NOTE_BYTES].decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +139,11 @@ class GateVerdict:
     action: str
     generation: int
     ms: int
+    server_ms: int = 0  # the server's clock when it answered
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> GateVerdict:
-        return cls(text_of(reply[0]), int(reply[1]), int(reply[2]))
+        return cls(text_of(reply[0]), int(reply[1]), int(reply[2]), int(reply[3]))
 
 
 def _flat(batch: Sequence[Entry]) -> list[Any]:
@@ -156,6 +190,11 @@ class BreakerCore:
         self.errors = 0
         self.last_error: str | None = None
         self._warned_settings: set[str] = set()
+        # Counted here and sent with the next script call: calls refused while open and
+        # calls whose outcome counts nothing; and the last failure, recorded with a trip.
+        self.refused = 0
+        self.ignored = 0
+        self.last_failure = ""
 
     def reinit_after_fork(self) -> None:
         """A forked child starts with fresh locks and no sender or probe in flight."""
@@ -201,6 +240,8 @@ class BreakerCore:
             code = Code.SLOW_SUCCESS if slow is not None and duration > slow else Code.SUCCESS
         else:
             code = self.options.outcome(exc, duration)
+            if code.failed:
+                self.last_failure = failure_note(exc)
         return self.finish_code(ticket, code)
 
     def finish_code(self, ticket: Ticket, code: Code) -> ScriptCall | None:
@@ -209,7 +250,10 @@ class BreakerCore:
             # Redis is known to be down: never stall on it; the stand-in (if any) counts.
             self._local_record(ticket, code)
             return None
-        if not ticket.counted or (code is Code.IGNORED and not ticket.token):
+        if not ticket.counted:
+            return None
+        if code is Code.IGNORED and not ticket.token:
+            self.ignored += 1  # (a lost increment under a race only skews a total)
             return None
         with self._lock:
             if code is Code.SUCCESS and not ticket.token:
@@ -231,6 +275,12 @@ class BreakerCore:
         if self.pending:
             self._outbox.append((self.pending_gen, Code.SUCCESS, self.pending, ""))
             self.pending = 0
+        if self.ignored:
+            self._outbox.append((self.generation, Code.IGNORED, self.ignored, ""))
+            self.ignored = 0
+        if self.refused:
+            self._outbox.append((self.generation, Code.REFUSED, self.refused, ""))
+            self.refused = 0
 
     def _take_locked(self) -> tuple[Entry, ...]:
         self._queue_pending()
@@ -291,12 +341,14 @@ class BreakerCore:
             self._prefix_cache = (me, head + msgpack.packb(me))
         return self._prefix_cache[1]
 
-    def config_args(self) -> list[Any]:
-        """ARGV[1..OP-1] of every breaker script (see ``lua/lib/breaker.lua``)."""
+    def config_args(self, *, who: str | None = None, note: str | None = None) -> list[Any]:
+        """ARGV[1..OP-1] of every breaker script (see ``lua/lib/breaker.lua``): by
+        default this process is who calls, and the note is its last failure."""
         clock = str(self.clock_override()) if self.clock_override else ""
         return self.options.argv(
             clock=clock, rand=random.random(), channel=self.channel,
-            event_prefix=self._event_prefix(),
+            event_prefix=self._event_prefix(), who=origin() if who is None else who,
+            note=self.last_failure if note is None else note,
         )  # fmt: skip
 
     def _new_token(self) -> str:
@@ -324,9 +376,16 @@ class BreakerCore:
             sender=bool(batch),
         )  # fmt: skip
 
-    def operate_call(self, command: str, open_for: object = None) -> ScriptCall:
+    def operate_call(
+        self, command: str, open_for: object = None, *, reason: object = None,
+        actor: str | None = None,
+    ) -> ScriptCall:  # fmt: skip
+        """An operator's command; ``reason`` and ``actor`` (default ``user@host``) are
+        recorded with the state (see :class:`~redisbreaker.state.Reason`)."""
         ms = round(open_seconds(open_for, "open(seconds)") * 1000) if command == "open" else 0
-        return ScriptCall("breaker_operate", [*self.config_args(), command, ms])
+        note = "" if reason is None else operator_text("reason", reason)
+        who = operator() if actor is None else operator_text("actor", actor)
+        return ScriptCall("breaker_operate", [*self.config_args(who=who, note=note), command, ms])
 
     def snapshot_call(self) -> ScriptCall:
         return ScriptCall("breaker_snapshot", self.config_args())
@@ -353,6 +412,7 @@ class BreakerCore:
         self._cache(view, now)
         transition = None
         if view.transitioned_from is not None:
+            self._log_transition(view)
             transition = Transition(
                 name=self.name, old=view.transitioned_from, new=view.state,
                 generation=view.generation,
@@ -360,6 +420,24 @@ class BreakerCore:
                 origin=origin(),
             )  # fmt: skip
         return view, transition
+
+    def _log_transition(self, view: View) -> None:
+        """One line per transition, in the process whose call made it (so once per
+        fleet): a trip or an operator's command at WARNING, a recovery at INFO."""
+        why = view.transition_reason
+        if view.state is State.HALF_OPEN or not why:
+            return
+        if view.state is State.CLOSED:
+            logger.info("breaker %r closed: %s", self.name, why)
+            return
+        by_operator = why.startswith(OPERATOR_COMMANDS)
+        cause = (
+            f"; last failure: {self.last_failure}" if self.last_failure and not by_operator else ""
+        )
+        retry = f"; retry in {view.wait_ms / 1000.0:.1f}s" if view.state is State.OPEN else ""
+        logger.warning(
+            "breaker %r %s: %s%s%s", self.name, _DID[view.state], why, cause, retry,
+        )  # fmt: skip
 
     def admit_result(self, view: View, call: ScriptCall, now: float) -> Ticket:
         """The ticket for an admit reply, or raise when it refused the call."""
@@ -427,6 +505,7 @@ class BreakerCore:
     def _open_error(
         self, now: float, state: State | None = None, retry_after: float | None = None
     ) -> CircuitOpenError:
+        self.refused += 1  # (a lost increment under a race only skews a total)
         state = state or self.reject_state
         if retry_after is None:
             deadline = self.open_deadline if state is State.OPEN else self.reject_until
@@ -548,6 +627,22 @@ class BreakerCore:
             fingerprint=self.options.fingerprint(view.other_settings or None),
             errors=self.errors, last_error=self.last_error,
         )  # fmt: skip
+
+
+def operator() -> str:
+    """``user@host`` of this process, as operator actions record it."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def operator_text(what: str, value: object) -> str:
+    """An operator's reason or name: text, at most ``NOTE_BYTES`` bytes."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{what} must be a str, got {value!r}")
+    return value.encode("utf-8", "replace")[:NOTE_BYTES].decode("utf-8", "ignore")
 
 
 def decode_event(payload: bytes) -> tuple[str, Transition] | None:

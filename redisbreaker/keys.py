@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from redisbreaker.errors import ConfigurationError
 
 DEFAULT_PREFIX = "rb:"
+# The name of the breakers that stand for manual pauses (``<this>|<scope>=<key>``); no
+# Celery task can be called this, as task names never contain "|".
+MANUAL_PAUSE = "redisbreaker.pause"
 
 # Bytes kept as they are inside a tag; everything else is %XX-escaped.
 _SAFE = frozenset(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from redisbreaker.state import State, Verdict, View
+from redisbreaker.state import Reason, State, Totals, Verdict, View
 
 # One reported outcome run: (generation it was admitted in, outcome code, count, token).
 Entry = tuple[int, str, int, str]
@@ -25,6 +25,11 @@ def _is_fail(c: str) -> bool:
 
 def _is_slow(c: str) -> bool:
     return c in ("2", "3")
+
+
+def _num(x: float) -> str:
+    """A number as Lua's ``tostring`` writes it (``%.14g``)."""
+    return f"{x:.14g}"
 
 
 @dataclass
@@ -44,16 +49,19 @@ class _Cfg:
     lease_ms: int
     succ: int
     settings: str  # ARGV[5..18] joined by ',', as the scripts store them
+    who: str
+    note: str
 
     @classmethod
     def parse(cls, argv: Sequence[Any]) -> _Cfg:
         """Read ARGV[1..18] as ``lua/lib/breaker.lua`` does."""
-        a = [x.decode("latin-1") if isinstance(x, bytes) else str(x) for x in argv[:18]]
+        a = [x.decode("latin-1") if isinstance(x, bytes) else str(x) for x in argv[:20]]
         return cls(
             rand=float(a[1]), fail_max=int(a[4]), wkind=int(a[5]), wsize=int(a[6]),
             min_calls=int(a[7]), rate_bp=int(a[8]), slow_bp=int(a[9]), reset_ms=int(a[10]),
             mult=float(a[11]), max_ms=int(a[12]), jitter=float(a[13]), permits=int(a[14]),
             lease_ms=int(a[15]), succ=int(a[16]), settings=",".join(a[4:18]),
+            who=a[18] if len(a) > 18 else "", note=a[19] if len(a) > 19 else "",
         )  # fmt: skip
 
     @property
@@ -88,6 +96,16 @@ class BreakerModel:
     buckets: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     permits: dict[str, int] = field(default_factory=dict)
     events: list[tuple[State, State, int, int]] = field(default_factory=list)
+    # The fleet totals and the reason of the last transition (see lua/lib/breaker.lua).
+    n_ok: int = 0
+    n_fail: int = 0
+    n_slow: int = 0
+    n_ign: int = 0
+    n_np: int = 0
+    n_trips: int = 0
+    open_ms: int = 0
+    opened: int | None = None
+    reason: Reason = field(default_factory=Reason)
 
     # -- operations (one per script) ------------------------------------------------
 
@@ -122,36 +140,46 @@ class BreakerModel:
         return self._reply(Verdict.NONE, self._remain(now))
 
     def operate(self, argv: Sequence[Any], now: int, cmd: str, open_for: int = 0) -> View:
+        if cmd not in ("force_open", "disable", "reset", "open"):
+            raise ValueError(f"unknown breaker command {cmd!r}")
         c = self._load(argv)
+        text = cmd + (f" for {_num(open_for / 1000)}s" if cmd == "open" else "") + f" by {c.who}"
+        if c.note:
+            text += f": {c.note}"
         if cmd == "force_open":
             if self.st is not State.FORCED_OPEN:
-                self._transition(c, State.FORCED_OPEN, now)
+                self._transition(c, State.FORCED_OPEN, now, None, "operator", text)
         elif cmd == "disable":
             if self.st is not State.DISABLED:
-                self._transition(c, State.DISABLED, now)
+                self._transition(c, State.DISABLED, now, None, "operator", text)
         elif cmd == "reset":
             if self.st is not State.CLOSED:
-                self._transition(c, State.CLOSED, now)
+                self._transition(c, State.CLOSED, now, None, "operator", text)
             else:
                 self._win_reset(c)
                 self.consec = 0
             self.trips = 0
-        elif cmd == "open":
-            self._transition(c, State.OPEN, now, open_for)
         else:
-            raise ValueError(f"unknown breaker command {cmd!r}")
+            self._transition(c, State.OPEN, now, open_for, "operator", text)
+        if not self._why:
+            self._audit(c, "operator", text, "", now)
         return self._reply(Verdict.NONE, self._remain(now))
 
     def snapshot(self, argv: Sequence[Any], now: int) -> View:
         c = self._load(argv, store_settings=False)
         if c.wkind == 2:
             self._tw_advance(c, now // 1000)
-        return self._reply(Verdict.NONE, self._remain(now))
+        view = self._reply(Verdict.NONE, self._remain(now))
+        open_total = self.open_ms
+        if self.st in (State.OPEN, State.FORCED_OPEN):
+            open_total += max(0, now - (self.opened if self.opened is not None else now))
+        return replace(view, totals=replace(view.totals, open_ms=open_total), reason=self.reason)
 
     # -- the machine ----------------------------------------------------------------
 
     def _load(self, argv: Sequence[Any], *, store_settings: bool = True) -> _Cfg:
         self._from = None
+        self._why = ""
         c = _Cfg.parse(argv)
         self._other = self.cfg if self.cfg is not None and self.cfg != c.settings else ""
         if store_settings:
@@ -231,15 +259,25 @@ class BreakerModel:
             self.cs += m
         self.buckets[self.wsec] = (self.ct, self.cf, self.cs)
 
-    def _should_trip(self, c: _Cfg) -> bool:
+    def _should_trip(self, c: _Cfg) -> tuple[str, str] | None:
         if c.fail_max > 0 and self.consec >= c.fail_max:
-            return True
+            plural = "" if self.consec == 1 else "s"
+            return (
+                "consecutive",
+                f"{self.consec} consecutive failure{plural} (fail_max {c.fail_max})",
+            )
         if c.wkind > 0 and self.n > 0 and self.n >= c.min_calls:
             if c.rate_bp > 0 and self.wf * 10000 >= c.rate_bp * self.n:
-                return True
+                return "failure_rate", (
+                    f"failure rate {self.wf * 100 // self.n}% of {self.n} calls "
+                    f"(threshold {_num(c.rate_bp / 100)}%)"
+                )
             if c.slow_bp > 0 and self.ws * 10000 >= c.slow_bp * self.n:
-                return True
-        return False
+                return "slow_call_rate", (
+                    f"slow-call rate {self.ws * 100 // self.n}% of {self.n} calls "
+                    f"(threshold {_num(c.slow_bp / 100)}%)"
+                )
+        return None
 
     @staticmethod
     def _open_ms(c: _Cfg, trips: int) -> int:
@@ -250,8 +288,23 @@ class BreakerModel:
     def _remain(self, now: int) -> int:
         return self.until - now if self.st is State.OPEN and self.until > now else 0
 
-    def _transition(self, c: _Cfg, new: State, now: int, open_for: int | None = None) -> None:
+    def _audit(self, c: _Cfg, why: str, text: str, err: str, now: int) -> None:
+        self._why = text
+        self.reason = Reason(why, text, err, c.who, now)
+
+    def _transition(
+        self, c: _Cfg, new: State, now: int, open_for: int | None = None,
+        why: str | None = None, text: str = "", err: str = "",
+    ) -> None:  # fmt: skip
         self._from = self.st
+        if self.st in (State.OPEN, State.FORCED_OPEN):
+            self.open_ms += max(0, now - (self.opened if self.opened is not None else now))
+        if new is State.OPEN and open_for is None:
+            self.n_trips += 1
+        if new in (State.OPEN, State.FORCED_OPEN):
+            self.opened = now
+        if why is not None:
+            self._audit(c, why, text, err, now)
         self.st = new
         self.gen += 1
         self.consec = self.hs = 0
@@ -276,32 +329,53 @@ class BreakerModel:
             self._cw_push(c, code, m)
         elif c.wkind == 2:
             self._tw_push(c, code, m, now)
-        if self._should_trip(c):
-            self._transition(c, State.OPEN, now)
+        rule = self._should_trip(c)
+        if rule is not None:
+            self._transition(c, State.OPEN, now, None, rule[0], rule[1], c.note)
 
     def _apply_batch(self, c: _Cfg, batch: Sequence[Entry], now: int) -> None:
         """``apply_batch`` of ``lua/lib/outcomes.lua``."""
         for gen, code, m, token in batch:
             if token:
                 self.permits.pop(token, None)
-            if gen == self.gen and code != "x":
+            self._count_totals(code, m)
+            if gen == self.gen and code not in ("x", "n"):
                 if self.st is State.CLOSED:
                     self._record_closed(c, code, m, now)
                 elif self.st is State.HALF_OPEN and token:
                     if _is_fail(code):
-                        self._transition(c, State.OPEN, now)
+                        self._transition(c, State.OPEN, now, None, "trial_failed",
+                                         "a half-open trial failed", c.note)  # fmt: skip
                     else:
                         self.hs += 1
                         if self.hs >= c.succ:
-                            self._transition(c, State.CLOSED, now)
+                            self._transition(c, State.CLOSED, now, None, "recovered",
+                                             f"{self.hs} half-open trial(s) succeeded")  # fmt: skip
+
+    def _count_totals(self, code: str, m: int) -> None:
+        """``count_totals`` of ``lua/lib/outcomes.lua``."""
+        if code == "x":
+            self.n_ign += m
+        elif code == "n":
+            self.n_np += m
+        else:
+            if _is_fail(code):
+                self.n_fail += m
+            else:
+                self.n_ok += m
+            if _is_slow(code):
+                self.n_slow += m
 
     def _reply(self, verdict: Verdict, wait: int) -> View:
         return View(
             state=self.st, generation=self.gen, wait_ms=wait, consecutive_failures=self.consec,
             calls=self.n, failures=self.wf, slow_calls=self.ws, half_open_successes=self.hs,
             trips=self.trips, transitioned_from=self._from, verdict=verdict,
-            other_settings=self._other,
+            other_settings=self._other, transition_reason=self._why,
+            totals=Totals(self.n_ok, self.n_fail, self.n_slow, self.n_ign, self.n_np,
+                          self.n_trips, self.open_ms),
         )  # fmt: skip
 
     _from: State | None = None
     _other: str = ""
+    _why: str = ""

@@ -267,9 +267,14 @@ class BreakerOptions:
             if a != b
         )
 
-    def argv(self, *, clock: str, rand: float, channel: str, event_prefix: bytes) -> list[Any]:
-        """ARGV[1..18] of every breaker script, in the order ``lua/lib/breaker.lua`` reads."""
-        return [clock, repr(rand), channel, event_prefix, *self.static_argv]
+    def argv(
+        self, *, clock: str, rand: float, channel: str, event_prefix: bytes, who: str = "",
+        note: str = "",
+    ) -> list[Any]:  # fmt: skip
+        """ARGV[1..20] of every breaker script, in the order ``lua/lib/breaker.lua`` reads:
+        ``who`` calls, and ``note`` is the last failure it reports (or an operator's
+        reason)."""
+        return [clock, repr(rand), channel, event_prefix, *self.static_argv, who, note]
 
 
 def outage_policy(value: object, name: str = "on_outage") -> OutagePolicy:
@@ -340,3 +345,50 @@ def options_from(settings: Mapping[str, Any]) -> BreakerOptions:
             f"unknown breaker option {unknown[0]!r}; the options are: {', '.join(_OPTION_NAMES)}"
         )
     return BreakerOptions(**settings)
+
+
+def _as_written(text: str) -> float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def options_from_stored(text: str) -> BreakerOptions:
+    """The options whose shared settings are ``text`` (what the scripts store with a
+    breaker's state, :attr:`BreakerOptions.settings_text`): how operators act on a
+    breaker without knowing its settings. Per-process options keep their defaults
+    (``slow_call_duration`` is a stand-in when a slow-call rate is set)."""
+    parts = text.split(",")
+    if len(parts) != len(_SHARED_NAMES):
+        raise ConfigurationError(f"unreadable stored settings {text[:100]!r}")
+    try:
+        fail_max, kind, size, min_calls, rate_bp, slow_bp, reset_ms = (int(x) for x in parts[:7])
+        # (int or float as written: the settings text holds their repr)
+        mult, max_ms, jitter = _as_written(parts[7]), int(parts[8]), _as_written(parts[9])
+        permits, lease_ms, succ, ttl_ms = (int(x) for x in parts[10:])
+    except ValueError:
+        raise ConfigurationError(f"unreadable stored settings {text[:100]!r}") from None
+    window: Window | None = (
+        CountWindow(size) if kind == 1 else TimeWindow(size) if kind == 2 else None
+    )
+    common: dict[str, Any] = {
+        "fail_max": fail_max or None,
+        "window": window,
+        "minimum_calls": min_calls,
+        "failure_rate_threshold": rate_bp / 10_000 if rate_bp else None,
+        "slow_call_duration": 1.0 if slow_bp else None,
+        "slow_call_rate_threshold": slow_bp / 10_000 if slow_bp else None,
+        "reset_timeout": reset_ms / 1000,
+        "half_open_permits": permits,
+        "trial_lease": lease_ms / 1000,
+        "success_threshold": succ,
+        "ttl": ttl_ms / 1000,
+    }
+    # Without a backoff the settings say multiplier 1, jitter 0, max = reset_timeout;
+    # a Backoff may say the same in other words: take whichever writes the text back.
+    for backoff in (None, Backoff(multiplier=mult, max=max_ms / 1000, jitter=jitter)):
+        try:
+            options = BreakerOptions(**common, backoff=backoff)
+        except ConfigurationError:
+            continue
+        if options.settings_text == text:
+            return options
+    raise ConfigurationError(f"stored settings {text[:100]!r} do not round-trip")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +27,7 @@ class Code(StrEnum):
     SLOW_SUCCESS = "2"
     SLOW_FAILURE = "3"
     IGNORED = "x"  # counts nothing (hands a half-open permit back)
+    REFUSED = "n"  # refused while open: only counted in the totals
 
     @property
     def failed(self) -> bool:
@@ -40,6 +41,33 @@ class Verdict(StrEnum):
     ALLOW = "allow"
     TRIAL = "trial"
     REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Fleet-wide totals of one breaker, kept in Redis whatever the state or generation."""
+
+    successful: int = 0
+    failed: int = 0
+    slow: int = 0
+    ignored: int = 0
+    not_permitted: int = 0  # refused while open (counted where refused, flushed later)
+    trips: int = 0  # automatic trips ever
+    open_ms: int = 0  # time spent open (or forced open)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a breaker is in its state: the rule (``consecutive``, ``failure_rate``,
+    ``slow_call_rate``, ``trial_failed``, ``recovered`` or ``operator``), a text for
+    people, the failure that made it (``Class: message``; "" for operators), who made
+    it (``host:pid`` or ``user@host``) and when (ms since the epoch, Redis clock)."""
+
+    rule: str = ""
+    text: str = ""
+    error: str = ""
+    by: str = ""
+    at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +86,23 @@ class View:
     transitioned_from: State | None
     verdict: Verdict
     other_settings: str = ""  # the stored settings, when another process's differ from ours
+    transition_reason: str = ""  # why the transition this call made happened ("" if none)
+    totals: Totals = Totals()
+    reason: Reason | None = None  # only in a snapshot's reply
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> View:
-        """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua``.
-
-        Lua numbers arrive as ints and strings as bytes (or str with decoding on).
-        """
+        """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua`` (and the
+        reason ``breaker_snapshot.lua`` appends). Lua numbers arrive as ints and strings
+        as bytes (or str with decoding on)."""
         old = reply[9]
+        reason = None
+        if len(reply) >= 26:
+            reason = Reason(text_of(reply[20]), text_of(reply[21]), text_of(reply[22]),
+                            text_of(reply[23]), int(reply[24]))  # fmt: skip
+        totals = Totals(*(int(x) for x in reply[13:20])) if len(reply) >= 20 else Totals()
+        if reason is not None:  # the snapshot's time open includes the current period
+            totals = replace(totals, open_ms=int(reply[25]))
         return cls(
             _STATES[reply[0]],
             int(reply[1]),
@@ -79,6 +116,9 @@ class View:
             _STATES[old] if old else None,
             _VERDICTS[reply[10]],
             text_of(reply[11]) if len(reply) > 11 else "",
+            text_of(reply[12]) if len(reply) > 12 else "",
+            totals,
+            reason,
         )
 
 
@@ -116,6 +156,8 @@ class Snapshot:
     fingerprint: str = ""  # of the settings stored with the state (the last writer's)
     errors: int = 0  # Redis errors that were not outages, seen by this process's object
     last_error: str | None = None  # the latest of them, ``Class: message``
+    totals: Totals = Totals()  # fleet-wide call counts, trips and time open
+    reason: Reason = Reason()  # why it is in this state (from snapshot(); else empty)
 
     @classmethod
     def from_view(
@@ -136,6 +178,8 @@ class Snapshot:
             fingerprint=fingerprint,
             errors=errors,
             last_error=last_error,
+            totals=view.totals,
+            reason=view.reason or Reason(),
         )
 
 

@@ -11,7 +11,7 @@ import redis
 from celery import Celery
 
 import redisbreaker.celery
-from redisbreaker import ConfigurationError, SharedBreaker, scripts
+from redisbreaker import ConfigurationError, SharedBreaker
 from redisbreaker.celery import shared_breaker
 from redisbreaker.celery.settings import Settings, broker_redis_url, check_eviction
 from redisbreaker.celery.task import BreakerSpec, spec_of
@@ -172,13 +172,8 @@ def test_manual_pause_api_validates_its_scope() -> None:
 
 
 def _claim(r: redis.Redis, breaker: SharedBreaker, me: str, mode: str = "trial") -> list[Any]:
-    core = breaker.core
-    script = scripts.register(r, "gate_claim")
-    reply = script(
-        keys=[*core.key_list, core.keys.key("gate")],
-        args=[*core.config_args(), me, 5000, mode],
-    )
-    return [x.decode() if isinstance(x, bytes) else x for x in reply]
+    verdict = breaker.claim_gate(me, 5000, mode)
+    return [verdict.action, verdict.generation, verdict.ms]
 
 
 def test_claim_gives_the_trial_to_exactly_one_of_many_workers(r: redis.Redis) -> None:

@@ -93,10 +93,11 @@ class LuaVersusModel(RuleBasedStateMachine):
         self.tokens: list[str] = []
         self.counter = itertools.count()
 
-    def argv(self, rand: float = 0.25) -> list[Any]:
+    def argv(self, rand: float = 0.25, note: str = "") -> list[Any]:
         return self.options.argv(
-            clock=str(self.now), rand=rand, channel="rbtest:events", event_prefix=b"\x96\xa1n\xa1o"
-        )
+            clock=str(self.now), rand=rand, channel="rbtest:events",
+            event_prefix=b"\x96\xa1n\xa1o", who="host:1", note=note,
+        )  # fmt: skip
 
     def compare(self, lua_reply: list[Any], model_view: View) -> None:
         lua_view = View.parse(lua_reply)
@@ -121,16 +122,24 @@ class LuaVersusModel(RuleBasedStateMachine):
         stale=STALE,
         use_token=st.booleans(),
         rand=st.floats(0, 0.999),
+        refused=st.sampled_from([0, 0, 2]),
+        note=st.sampled_from(["", "ValueError: payments down"]),
     )
-    def record(self, code: str, pending: int, stale: bool, use_token: bool, rand: float) -> None:
+    def record(
+        self, code: str, pending: int, stale: bool, use_token: bool, rand: float, refused: int,
+        note: str,
+    ) -> None:  # fmt: skip
         token = self.tokens.pop(0) if use_token and self.tokens else ""
         gen = self.gen - 1 if stale else self.gen
-        # A process's queue: successes that completed first, then this outcome.
+        # A process's queue: successes that completed first, calls refused while it was
+        # open, then this outcome.
         batch = [(self.gen, "0", pending, "")] if pending else []
+        if refused:
+            batch.append((self.gen, "n", refused, ""))
         batch.append((gen, code, 1, token))
-        args = [*self.argv(rand), *_flat(batch)]
+        args = [*self.argv(rand, note), *_flat(batch)]
         reply = self.script["breaker_report"](keys=self.keys, args=args)
-        view = self.model.report(self.argv(rand), self.now, batch)
+        view = self.model.report(self.argv(rand, note), self.now, batch)
         self.compare(reply, view)
 
     @rule(ms=st.sampled_from([1, 400, 999, 1000, 2500, 5000, 7000, 31000, 120000]))
@@ -153,9 +162,9 @@ class LuaVersusModel(RuleBasedStateMachine):
     def operate(self, cmd: str, seconds: int) -> None:
         if cmd == "none":
             return
-        args = [*self.argv(), cmd, seconds * 1000]
-        reply = self.script["breaker_operate"](keys=self.keys, args=args)
-        self.compare(reply, self.model.operate(self.argv(), self.now, cmd, seconds * 1000))
+        argv = self.argv(note="deploy freeze" if seconds % 2 else "")
+        reply = self.script["breaker_operate"](keys=self.keys, args=[*argv, cmd, seconds * 1000])
+        self.compare(reply, self.model.operate(argv, self.now, cmd, seconds * 1000))
 
     @precondition(lambda self: hasattr(self, "r"))
     @invariant()

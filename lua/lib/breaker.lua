@@ -17,6 +17,14 @@
 --                     ct cf cs time window: running totals of calls, failures, slow
 --                     wk      window kind:size:layout the counts belong to
 --                     cfg     the settings of the process that wrote last (ARGV[5..18])
+--                     n_ok n_fail n_slow n_ign n_np  fleet-wide totals of calls that
+--                             succeeded, failed, were slow, were ignored, were refused
+--                             (not permitted), whatever the generation
+--                     n_trips automatic trips ever; open_ms time spent open (ended periods)
+--                     why why_text why_err why_by why_at  the last transition's reason
+--                             (rule, text, the failure that made it, who, when), written
+--                             by transition() and read only by breaker_snapshot
+--                     opened  when the current open period began (server ms)
 --   KEYS[2] P  zset   half-open permits: member = caller's token, score = lease expiry (ms)
 --   KEYS[3] B  zset   time-window buckets, one per second that recorded something:
 --                     score = the second, member = '<second>:<ct>:<cf>:<cs>', the running
@@ -42,9 +50,11 @@ local S, P, B, R = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- ARGV[1] clock override ('' = TIME); ARGV[2] uniform [0, 1) from the caller for the
 -- jitter (Redis seeds math.random alike in every script); ARGV[3] the event channel;
 -- ARGV[4] the event prefix (msgpack: array header, breaker name, origin id);
--- ARGV[5..18] the static settings (the caller encodes them once). An operation's own
--- arguments start at ARGV[OP].
-local OP = 19
+-- ARGV[5..18] the static settings (the caller encodes them once); ARGV[19] who calls
+-- (host:pid, or the operator); ARGV[20] a note: the last failure this call reports
+-- ('Class: message'), or the operator's reason. An operation's own arguments start at
+-- ARGV[OP].
+local OP = 21
 local cfg = {
   clock = ARGV[1], rand = tonumber(ARGV[2]), channel = ARGV[3], ev_prefix = ARGV[4],
   fail_max = tonumber(ARGV[5]),
@@ -61,6 +71,8 @@ local cfg = {
   lease_ms = tonumber(ARGV[16]),
   succ = tonumber(ARGV[17]),
   ttl_ms = tonumber(ARGV[18]),
+  who = ARGV[19] or '',
+  note = ARGV[20] or '',
 }
 -- ':2' is the storage layout (B and R as above): a window stored by an older version
 -- has another wk, so it is reset rather than misread.
@@ -70,8 +82,9 @@ local WK = cfg.wkind .. ':' .. cfg.wsize .. ':2'
 local MINE = table.concat(ARGV, ',', 5, 18)
 local STATES = { closed = 1, open = 1, half_open = 1, forced_open = 1, disabled = 1 }
 local FIELDS = { 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'wsec',
-  'ct', 'cf', 'cs' }
+  'ct', 'cf', 'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np', 'n_trips', 'open_ms' }
 local transition_from = ''
+local transition_why = ''  -- the reason text of the transition this script made
 
 local function is_fail(c) return c == '1' or c == '3' end
 local function is_slow(c) return c == '2' or c == '3' end
@@ -83,27 +96,30 @@ end
 
 local function load()
   local v = redis.call('HMGET', S, 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf',
-    'ws', 'h', 'wsec', 'ct', 'cf', 'cs', 'wk', 'cfg')
+    'ws', 'h', 'wsec', 'ct', 'cf', 'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np',
+    'n_trips', 'open_ms', 'wk', 'cfg')
   local s = {
     st = v[1] or 'closed', gen = tonumber(v[2]) or 0, ['until'] = tonumber(v[3]) or 0,
     trips = tonumber(v[4]) or 0, consec = tonumber(v[5]) or 0, hs = tonumber(v[6]) or 0,
     n = tonumber(v[7]) or 0, wf = tonumber(v[8]) or 0, ws = tonumber(v[9]) or 0,
     h = tonumber(v[10]) or 0, wsec = tonumber(v[11]) or 0, ct = tonumber(v[12]) or 0,
-    cf = tonumber(v[13]) or 0, cs = tonumber(v[14]) or 0,
+    cf = tonumber(v[13]) or 0, cs = tonumber(v[14]) or 0, n_ok = tonumber(v[15]) or 0,
+    n_fail = tonumber(v[16]) or 0, n_slow = tonumber(v[17]) or 0, n_ign = tonumber(v[18]) or 0,
+    n_np = tonumber(v[19]) or 0, n_trips = tonumber(v[20]) or 0, open_ms = tonumber(v[21]) or 0,
   }
   if not STATES[s.st] then
     return redis.error_reply('CORRUPT breaker key ' .. S .. ' has state ' .. tostring(s.st))
   end
   -- What is stored now; a field of a key that does not exist yet counts as changed.
-  s.loaded = { wk = v[15], cfg = v[16] }
+  s.loaded = { wk = v[22], cfg = v[23] }
   -- Settings stored by a process whose settings differ from ours ('' if none).
-  s.other = (v[16] and v[16] ~= MINE) and v[16] or ''
+  s.other = (v[23] and v[23] ~= MINE) and v[23] or ''
   if v[1] then
     for _, f in ipairs(FIELDS) do s.loaded[f] = s[f] end
   end
   -- A changed window setting (or a fresh key) starts an empty window; a key of the
   -- layout before ':2' may still carry the whole count-window ring in field 'ring'.
-  if v[15] ~= WK then
+  if v[22] ~= WK then
     win_reset(s)
     if v[1] then redis.call('HDEL', S, 'ring') end
   end
@@ -176,13 +192,23 @@ local function tw_push(s, c, m, now)
   redis.call('ZADD', B, s.wsec, s.wsec .. ':' .. s.ct .. ':' .. s.cf .. ':' .. s.cs)
 end
 
+-- nil, or the rule that trips the breaker now and a text for people.
 local function should_trip(s)
-  if cfg.fail_max > 0 and s.consec >= cfg.fail_max then return true end
-  if cfg.wkind > 0 and s.n > 0 and s.n >= cfg.min_calls then
-    if cfg.rate_bp > 0 and s.wf * 10000 >= cfg.rate_bp * s.n then return true end
-    if cfg.slow_bp > 0 and s.ws * 10000 >= cfg.slow_bp * s.n then return true end
+  if cfg.fail_max > 0 and s.consec >= cfg.fail_max then
+    return 'consecutive', s.consec .. ' consecutive failure' .. (s.consec == 1 and '' or 's')
+      .. ' (fail_max ' .. cfg.fail_max .. ')'
   end
-  return false
+  if cfg.wkind > 0 and s.n > 0 and s.n >= cfg.min_calls then
+    if cfg.rate_bp > 0 and s.wf * 10000 >= cfg.rate_bp * s.n then
+      return 'failure_rate', 'failure rate ' .. math.floor(s.wf * 100 / s.n) .. '% of ' .. s.n
+        .. ' calls (threshold ' .. (cfg.rate_bp / 100) .. '%)'
+    end
+    if cfg.slow_bp > 0 and s.ws * 10000 >= cfg.slow_bp * s.n then
+      return 'slow_call_rate', 'slow-call rate ' .. math.floor(s.ws * 100 / s.n) .. '% of '
+        .. s.n .. ' calls (threshold ' .. (cfg.slow_bp / 100) .. '%)'
+    end
+  end
+  return nil
 end
 
 local function open_ms(trips)
@@ -196,11 +222,26 @@ local function remain(s, now)
   return 0
 end
 
+-- Record why the breaker is in its state now (see the field legend): the rule, a text
+-- for people, the failure that made it ('' for operators), who and when.
+local function audit(why, text, err, now)
+  transition_why = text
+  redis.call('HSET', S, 'why', why, 'why_text', text, 'why_err', err, 'why_by', cfg.who,
+    'why_at', now)
+end
+
 -- Every transition goes through here: bump the generation, clear what belongs to
 -- the old state, and publish one event (inside this script, so it is atomic with
--- the change and sent exactly once).
-local function transition(s, new, now, open_for)
+-- the change and sent exactly once). `why`/`text` say why (nil: time passing, open
+-- to half-open); `err` is the failure that made it ('' if none).
+local function transition(s, new, now, open_for, why, text, err)
   transition_from = s.st
+  if s.st == 'open' or s.st == 'forced_open' then
+    s.open_ms = s.open_ms + math.max(0, now - (tonumber(redis.call('HGET', S, 'opened')) or now))
+  end
+  if new == 'open' and open_for == nil then s.n_trips = s.n_trips + 1 end
+  if new == 'open' or new == 'forced_open' then redis.call('HSET', S, 'opened', now) end
+  if why then audit(why, text, err or '', now) end
   s.st = new
   s.gen = s.gen + 1
   s.consec, s.hs = 0, 0
@@ -225,7 +266,8 @@ local function record_closed(s, c, m, now)
   if m <= 0 or s.st ~= 'closed' then return end
   if is_fail(c) then s.consec = s.consec + m else s.consec = 0 end
   if cfg.wkind == 1 then cw_push(s, c, m) elseif cfg.wkind == 2 then tw_push(s, c, m, now) end
-  if should_trip(s) then transition(s, 'open', now) end
+  local why, text = should_trip(s)
+  if why then transition(s, 'open', now, nil, why, text, cfg.note) end
 end
 
 -- Write back only the fields that changed (most calls change one or two), and refresh
@@ -254,11 +296,14 @@ local function save(s, now, keep_cfg)
   if s.n > 0 then redis.call('PEXPIRE', cfg.wkind == 1 and R or B, ttl) end
 end
 
--- The reply every breaker script returns (parsed by redisbreaker/breaker_core.py):
+-- The reply every breaker script returns (parsed by redisbreaker/state.py View.parse):
 -- {state, gen, wait_ms, consec, calls, failures, slow, half_open_successes, trips,
 --  transitioned_from ('' if none), verdict ('' | 'allow' | 'trial' | 'reject'),
---  the stored settings when they differ from the caller's ('' if not)}
+--  the stored settings when they differ from the caller's ('' if not),
+--  the reason of the transition this script made ('' if none),
+--  the fleet totals n_ok, n_fail, n_slow, n_ign, n_np, n_trips, open_ms}
 local function reply(s, verdict, wait_ms)
   return { s.st, s.gen, wait_ms, s.consec, s.n, s.wf, s.ws, s.hs, s.trips, transition_from,
-    verdict, s.other }
+    verdict, s.other, transition_why, s.n_ok, s.n_fail, s.n_slow, s.n_ign, s.n_np, s.n_trips,
+    s.open_ms }
 end

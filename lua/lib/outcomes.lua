@@ -4,12 +4,13 @@
 --
 -- A batch is ARGV[first..], in runs of four: the generation the calls were admitted in,
 -- the outcome code ('0' success, '1' failure, '2' slow success, '3' slow failure,
--- 'x' ignored), how many calls, and the half-open permit token ('' unless a trial).
+-- 'x' ignored, 'n' refused while open: counted only), how many calls, and the
+-- half-open permit token ('' unless a trial).
 -- A process queues its outcomes and sends them one batch at a time, so the shared
 -- consecutive count sees them in the order they really completed, across threads.
 -- redisbreaker/model.py `_apply_batch` is the same in Python.
 
-local CODES = { ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, x = 1 }
+local CODES = { ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, x = 1, n = 1 }
 
 -- nil if the batch is well formed, else the error text. Called before any write.
 local function check_batch(first)
@@ -25,21 +26,34 @@ local function check_batch(first)
   return nil
 end
 
+-- Add m outcomes of code c to the fleet totals (whatever their generation).
+local function count_totals(s, c, m)
+  if c == 'x' then s.n_ign = s.n_ign + m
+  elseif c == 'n' then s.n_np = s.n_np + m
+  else
+    if is_fail(c) then s.n_fail = s.n_fail + m else s.n_ok = s.n_ok + m end
+    if is_slow(c) then s.n_slow = s.n_slow + m end
+  end
+end
+
 -- An outcome of an older generation is dropped (its state is gone), but its permit
--- is still handed back.
+-- is still handed back; every outcome counts in the totals.
 local function apply_batch(s, first, now)
   for i = first, #ARGV, 4 do
     local gen, code, m, token = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
     if token ~= '' then redis.call('ZREM', P, token) end
-    if gen == s.gen and code ~= 'x' then
+    count_totals(s, code, m)
+    if gen == s.gen and code ~= 'x' and code ~= 'n' then
       if s.st == 'closed' then
         record_closed(s, code, m, now)
       elseif s.st == 'half_open' and token ~= '' then
         if is_fail(code) then
-          transition(s, 'open', now)
+          transition(s, 'open', now, nil, 'trial_failed', 'a half-open trial failed', cfg.note)
         else
           s.hs = s.hs + 1
-          if s.hs >= cfg.succ then transition(s, 'closed', now) end
+          if s.hs >= cfg.succ then
+            transition(s, 'closed', now, nil, 'recovered', s.hs .. ' half-open trial(s) succeeded')
+          end
         end
       end
     end

@@ -169,21 +169,29 @@ class SharedBreaker(BreakerBase):
         Never takes a half-open permit: only an admitted call does."""
         return self._core.snapshot(await self._exchange(self._core.flush_call()))
 
-    async def force_open(self) -> Snapshot:
+    async def force_open(self, *, reason: str | None = None) -> Snapshot:
         """Open the breaker cluster-wide until :meth:`reset`."""
-        return self._core.snapshot(await self._exchange(self._core.operate_call("force_open")))
+        return self._core.snapshot(
+            await self._exchange(self._core.operate_call("force_open", reason=reason))
+        )
 
-    async def open(self, seconds: float) -> Snapshot:
+    async def open(self, seconds: float, *, reason: str | None = None) -> Snapshot:
         """Open the breaker cluster-wide for ``seconds``; then it goes half-open as usual."""
-        return self._core.snapshot(await self._exchange(self._core.operate_call("open", seconds)))
+        return self._core.snapshot(
+            await self._exchange(self._core.operate_call("open", seconds, reason=reason))
+        )
 
-    async def disable(self) -> Snapshot:
+    async def disable(self, *, reason: str | None = None) -> Snapshot:
         """Let every call through cluster-wide and record nothing, until :meth:`reset`."""
-        return self._core.snapshot(await self._exchange(self._core.operate_call("disable")))
+        return self._core.snapshot(
+            await self._exchange(self._core.operate_call("disable", reason=reason))
+        )
 
-    async def reset(self) -> Snapshot:
+    async def reset(self, *, reason: str | None = None) -> Snapshot:
         """Close the breaker cluster-wide and clear its counts."""
-        return self._core.snapshot(await self._exchange(self._core.operate_call("reset")))
+        return self._core.snapshot(
+            await self._exchange(self._core.operate_call("reset", reason=reason))
+        )
 
 
 class _NotAwaitable(Exception):

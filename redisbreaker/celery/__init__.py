@@ -22,6 +22,7 @@ except ImportError as missing:  # pragma: no cover - the message is the point
         "redisbreaker.celery needs Celery: pip install 'redisbreaker[celery]'"
     ) from missing
 
+from redisbreaker.breaker_core import set_process_label
 from redisbreaker.celery.gate import ConsumptionGate, manual_breaker
 from redisbreaker.celery.scopes import SCOPES, Scope, check_scope
 from redisbreaker.celery.settings import Settings, mark_installed, settings_for
@@ -63,7 +64,12 @@ def install(app: Any) -> None:
         # A prefork child must not share its parent's sockets: make its own client now.
         settings_for(app).client()
 
+    def on_worker_setup(sender: Any = None, **_: Any) -> None:
+        # Reasons recorded by this worker's calls name the worker, not only the host.
+        set_process_label(str(sender))
+
     signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.celeryd_after_setup.connect(on_worker_setup, weak=False)
 
 
 def _key(app: Any, scope: Scope, queue: str | None, worker: str | None, host: str | None) -> str:
@@ -88,20 +94,22 @@ def pause(
     queue: str | None = None,
     worker: str | None = None,
     host: str | None = None,
+    reason: str | None = None,
 ) -> Snapshot:
     """Pause consumption in ``scope`` for ``seconds`` (or until :func:`resume`).
 
     ``scope='queue'`` stops ``queue`` on every worker consuming it; ``'worker'`` stops
     every queue of node ``worker``; ``'host'`` every worker whose ``redisbreaker_hostname``
     is ``host``; ``'cluster'`` every worker. Workers react within about a second.
+    ``reason`` is recorded with the pause (operators see it with who paused and when).
     """
     check_scope("scope", scope)
     if seconds is not None:
         seconds = open_seconds(seconds, "pause(seconds)")
     breaker = manual_breaker(app, scope, _key(app, scope, queue, worker, host))
     if seconds is None:
-        return breaker.force_open()
-    return breaker.open(seconds)
+        return breaker.force_open(reason=reason)
+    return breaker.open(seconds, reason=reason)
 
 
 def resume(
@@ -111,7 +119,8 @@ def resume(
     queue: str | None = None,
     worker: str | None = None,
     host: str | None = None,
+    reason: str | None = None,
 ) -> Snapshot:
     """End a manual pause of ``scope`` now (automatic pauses end with their breakers)."""
     check_scope("scope", scope)
-    return manual_breaker(app, scope, _key(app, scope, queue, worker, host)).reset()
+    return manual_breaker(app, scope, _key(app, scope, queue, worker, host)).reset(reason=reason)

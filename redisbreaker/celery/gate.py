@@ -23,15 +23,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from celery import bootsteps, signals
 
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.celery.scopes import MANUAL, scoped_name
 from redisbreaker.celery.settings import check_eviction, settings_for
 from redisbreaker.celery.task import ATTR, BreakerSpec, task_queues
-from redisbreaker.errors import StorageError
+from redisbreaker.errors import STORAGE_ERRORS, StorageError
+from redisbreaker.fleet import split_name
+from redisbreaker.keys import KeySpace
 from redisbreaker.options import OutagePolicy
-from redisbreaker.outage import rate_limited
+from redisbreaker.outage import describe, rate_limited
 from redisbreaker.state import Transition
 
 logger = logging.getLogger("redisbreaker.celery")
@@ -78,6 +81,12 @@ class GateController:
     _tick: Any = None
     _epoch: int = 0
     _trial_taken: int = -1  # the epoch whose trial message this worker has received
+    # For the heartbeat: the server's clock as last seen (server ms, local monotonic s),
+    # and since when (server ms) and by whom each paused queue is paused.
+    _clock: tuple[int, float] = (0, 0.0)
+    _paused_since: dict[str, int] = field(default_factory=dict)
+    _paused_by: dict[str, str] = field(default_factory=dict)
+    _next_beat: float = 0.0
 
     def __post_init__(self) -> None:
         c = self.consumer
@@ -145,6 +154,37 @@ class GateController:
             if force or watch.dirty or now >= watch.next_poll:
                 self._poll(watch, now)
         self._decide()
+        if force or now >= self._next_beat:
+            self._beat(now)
+
+    def _beat(self, now: float) -> None:
+        """Publish this worker's heartbeat: its queues and which are paused, since when
+        (server clock) and by which breaker. It expires if the worker stops writing it."""
+        interval = self.settings.poll_interval
+        self._next_beat = now + interval
+        server_ms, seen_at = self._clock
+        server_now = server_ms + round((now - seen_at) * 1000) if server_ms else 0
+        with self._lock:
+            paused = set(self.decision.paused)
+        for q in list(self._paused_since):
+            if q not in paused:
+                del self._paused_since[q]
+        beat = {
+            "worker": self.worker_id, "host": self.settings.hostname, "pid": os.getpid(),
+            "queues": self.queues, "at": server_now,
+            "paused": {
+                q: {"since_ms": self._paused_since.setdefault(q, server_now),
+                    "by": self._paused_by.get(q, "")}
+                for q in sorted(paused)
+            },
+        }  # fmt: skip
+        ttl_ms = round(max(3 * interval, 5.0) * 1000)
+        key = KeySpace.of(self.settings.prefix, "gate", self.worker_id).key("hb")
+        try:
+            self.settings.client().set(key, msgpack.packb(beat), px=ttl_ms)
+        except STORAGE_ERRORS as exc:
+            rate_limited.warning("gate-beat", "redisbreaker gate: heartbeat not written (%s)",
+                                 describe(exc))  # fmt: skip
 
     def _poll(self, watch: Watch, now: float) -> None:
         watch.dirty = False
@@ -161,6 +201,7 @@ class GateController:
                 watch.action = "wait" if fail_closed else "resume"
             return
         action, ms = verdict.action, verdict.ms
+        self._clock = (verdict.server_ms, now)
         if action != watch.action:
             logger.info(
                 "redisbreaker gate: %s: %s -> %s (%s)",
@@ -180,12 +221,17 @@ class GateController:
     def _decide(self) -> None:
         paused: set[str] = set()
         trial: set[str] = set()
+        by: dict[str, str] = {}
         for watch in self.watches:
             queues = self.queues if watch.queues is None else watch.queues
             if watch.action == "wait":
                 paused.update(queues)
+                name, scope, key = split_name(watch.breaker.name)
+                label = name if scope == "cluster" else f"{name} [{scope} {key}]"
+                by.update((q, label) for q in queues if q not in by)
             elif watch.action == "trial":
                 trial.update(queues)
+        self._paused_by = by
         with self._lock:
             self.decision = PauseDecision(frozenset(paused), frozenset(trial - paused), self._epoch)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Final, Literal
 
 from redisbreaker.errors import ConfigurationError
+from redisbreaker.keys import MANUAL_PAUSE
 
 Scope = Literal["worker", "host", "queue", "cluster"]
 SCOPES: Final[tuple[str, ...]] = ("worker", "host", "queue", "cluster")
 
 # The name manual pauses use for their breakers; no task can be called this, as Celery
 # task names never contain "|".
-MANUAL = "redisbreaker.pause"
+MANUAL = MANUAL_PAUSE
 
 
 def check_scope(what: str, value: object) -> Scope:

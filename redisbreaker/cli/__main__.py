@@ -1,0 +1,7 @@
+"""``python -m redisbreaker.cli``."""
+
+from __future__ import annotations
+
+from redisbreaker.cli import main
+
+raise SystemExit(main())

@@ -12,6 +12,7 @@ import redis
 
 from redisbreaker.testing.servers import RedisServer
 from redisbreaker.transaction import Decision, Outcome, Transaction
+from tests.helpers import wait_for
 
 _PARTICIPANT = """
 import sys, time, redis
@@ -40,7 +41,14 @@ def test_killed_participants_roll_back_at_the_deadline(
 ) -> None:
     """One killed after voting yes, one before voting: the rest roll back at the deadline,
     the decision stays readable, and a redelivered participant gets it, not a new vote."""
-    tx = Transaction.begin(["voter", "silent", "a", "b"], timeout=1.5, client=r)
+    # The deadline passes when the test says so (not after a wall-clock window that a
+    # loaded machine could overrun while starting the participants).
+    skew = [0]
+
+    def clock() -> int:
+        return int(time.time() * 1000) + skew[0]
+
+    tx = Transaction.begin(["voter", "silent", "a", "b"], timeout=60, client=r, clock_ms=clock)
     voter = _spawn(tx.id, redis_server.port, "voter", "vote")
     silent = _spawn(tx.id, redis_server.port, "silent", "none")
     for proc in (voter, silent):
@@ -53,6 +61,9 @@ def test_killed_participants_roll_back_at_the_deadline(
     ]
     for t in waiters:
         t.start()
+    assert wait_for(lambda: tx.tally().yes == 3, 30)  # a and b voted and wait
+    skew[0] = 61_000
+    assert tx.status().outcome is Outcome.ROLLBACK  # this read notices the deadline
     for t in waiters:
         t.join(30)
     assert [d.outcome for d in seen] == [Outcome.ROLLBACK, Outcome.ROLLBACK]
@@ -76,17 +87,23 @@ def test_killed_participants_roll_back_at_the_deadline(
 def test_dispatch_claim_is_taken_over_after_the_holder_dies(r: redis.Redis) -> None:
     """A dispatcher that dies mid-dispatch keeps the claim only for its lease; the next
     claimer gets exactly the participants whose handlers were not sent."""
-    tx = Transaction.begin([str(i) for i in range(5)], timeout=10, client=r, payload=b"h")
+    skew = [0]  # the lease ends when the test says so, not after a 200 ms window
+
+    def clock() -> int:
+        return int(time.time() * 1000) + skew[0]
+
+    tx = Transaction.begin([str(i) for i in range(5)], timeout=60, client=r, payload=b"h",
+                           clock_ms=clock)  # fmt: skip
     assert tx.claim_dispatch("early").code == "not_decided"
     tx.vote("3", False, reason="no")
-    first = tx.claim_dispatch("first", lease_ms=200)
+    first = tx.claim_dispatch("first", lease_ms=30_000)
     assert first.granted
     assert sorted(first.pending) == ["0", "1", "2", "3", "4"]
     assert first.payload == b"h"
-    assert tx.record_dispatched("first", ["0", "1"], lease_ms=200) == (True, False)
+    assert tx.record_dispatched("first", ["0", "1"], lease_ms=30_000) == (True, False)
     # "first" dies here. While its lease runs, nobody else may dispatch.
     assert not tx.claim_dispatch("second").granted
-    time.sleep(0.3)
+    skew[0] = 31_000
     second = tx.claim_dispatch("second")
     assert second.granted
     assert sorted(second.pending) == ["2", "3", "4"]

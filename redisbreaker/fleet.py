@@ -163,7 +163,8 @@ class Fleet:
 
     # -- reading -----------------------------------------------------------------------
 
-    def _scan(self, pattern: str) -> Iterator[str]:
+    def scan(self, pattern: str) -> Iterator[str]:
+        """Keys matching ``<prefix><pattern>`` (a SCAN glob), on every primary."""
         match = _GLOB.sub(r"\\\1", self.prefix) + pattern
         try:
             if isinstance(self.client, redis.cluster.RedisCluster):
@@ -198,7 +199,7 @@ class Fleet:
     def breakers(self) -> list[BreakerInfo]:
         """Every breaker with state under the prefix, sorted by name."""
         head, tail = f"{self.prefix}cb{{", "}:s"
-        keys = [k for k in self._scan("cb{*}:s") if k.startswith(head) and k.endswith(tail)]
+        keys = [k for k in self.scan("cb{*}:s") if k.startswith(head) and k.endswith(tail)]
         now = self.server_ms()
         found = [
             self._info(unescape_tag(key[len(head) : -len(tail)]), row, now)
@@ -253,7 +254,7 @@ class Fleet:
 
     def workers(self) -> list[WorkerStatus]:
         """Every worker whose gate wrote a heartbeat that has not expired."""
-        keys = list(self._scan("gate{*}:hb"))
+        keys = list(self.scan("gate{*}:hb"))
         try:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
@@ -280,7 +281,7 @@ class Fleet:
     def transactions(self) -> list[TransactionInfo]:
         """Every transaction under the prefix (pending, and decided ones still kept)."""
         head, tail = f"{self.prefix}tx{{", "}:state"
-        keys = [k for k in self._scan("tx{*}:state") if k.startswith(head) and k.endswith(tail)]
+        keys = [k for k in self.scan("tx{*}:state") if k.startswith(head) and k.endswith(tail)]
         fields = ("outcome", "n", "yes", "no", "acked", "deadline", "text")
         out = []
         for key, row in zip(keys, self._read(keys, fields), strict=True):

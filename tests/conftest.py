@@ -12,6 +12,7 @@ import redis
 
 import redisbreaker.config
 from redisbreaker.testing.servers import RedisCluster, RedisServer, ServerStartError
+from tests.support.rabbitmq import RabbitServer, RabbitStartError
 
 # The fixtures users get (redisbreaker_fake, redisbreaker_redis): tested here too.
 pytest_plugins = ["redisbreaker.testing.pytest_plugin"]
@@ -73,3 +74,15 @@ def _fresh_defaults() -> Iterator[None]:
     redisbreaker.config.reset()
     yield
     redisbreaker.config.reset()
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Iterator[RabbitServer]:
+    """A private rabbitmq-server for the session; the tests fail if it cannot start."""
+    server = RabbitServer()
+    try:
+        server.start()
+    except RabbitStartError as exc:
+        pytest.fail(f"could not start rabbitmq-server for the tests: {exc}", pytrace=False)
+    yield server
+    server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import amqp
 import pytest
@@ -11,21 +10,9 @@ import redis
 
 import redisbreaker.celery
 from tests.support.celery_apps.helpers import namespace, sender, wait_for, wait_log, worker
-from tests.support.rabbitmq import RabbitServer, RabbitStartError
+from tests.support.rabbitmq import RabbitServer
 
 pytestmark = [pytest.mark.celery, pytest.mark.rabbitmq, pytest.mark.timeout(240)]
-
-
-@pytest.fixture(scope="module")
-def rabbit() -> Iterator[RabbitServer]:
-    """A private rabbitmq-server for this module; the tests fail if it cannot start."""
-    server = RabbitServer()
-    try:
-        server.start()
-    except RabbitStartError as exc:
-        pytest.fail(f"could not start rabbitmq-server for the tests: {exc}", pytrace=False)
-    yield server
-    server.stop()
 
 
 def _queued(server: RabbitServer, queue: str) -> int:

@@ -23,6 +23,13 @@ except ImportError as missing:  # pragma: no cover - the message is the point
     ) from missing
 
 from redisbreaker.breaker_core import set_process_label
+from redisbreaker.celery.deadletter import (
+    Attempt,
+    DeadLetter,
+    DeadLetters,
+    attempts,
+    use_dead_letter_requests,
+)
 from redisbreaker.celery.gate import ConsumptionGate, manual_breaker
 from redisbreaker.celery.scopes import SCOPES, Scope, check_scope
 from redisbreaker.celery.settings import Settings, mark_installed, settings_for
@@ -33,6 +40,10 @@ from redisbreaker.options import open_seconds
 from redisbreaker.state import Snapshot
 
 __all__ = [
+    "Attempt",
+    "DeadLetter",
+    "DeadLetters",
+    "attempts",
     "install",
     "shared_breaker",
     "pause",
@@ -67,6 +78,8 @@ def install(app: Any) -> None:
     def on_worker_setup(sender: Any = None, **_: Any) -> None:
         # Reasons recorded by this worker's calls name the worker, not only the host.
         set_process_label(str(sender))
+        # Before the consumer builds its task strategies: dead-letter final failures.
+        use_dead_letter_requests(app)
 
     signals.worker_process_init.connect(on_process_init, weak=False)
     signals.celeryd_after_setup.connect(on_worker_setup, weak=False)

@@ -43,6 +43,13 @@ def _number(conf: Any, key: str, default: float, *, low: float = 0.0) -> float:
     return float(value)
 
 
+def _flag(conf: Any, key: str) -> bool:
+    value = conf.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False, got {value!r}")
+    return value
+
+
 def broker_redis_url(broker_url: object) -> str | None:
     """The broker URL as a redis-py URL when the broker is Redis, else ``None``."""
     if not isinstance(broker_url, str) or "://" not in broker_url:
@@ -80,6 +87,9 @@ class Settings:
     retry_jitter: float
     hostname: str
     visibility_timeout: float | None
+    dead_letter: bool = False
+    dead_letter_maxlen: int = 10_000
+    attempts_ttl: float = 7 * 86_400.0
     _clients: dict[int, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -118,6 +128,11 @@ class Settings:
             retry_jitter=_number(conf, "redisbreaker_retry_jitter", 1.0, low=-1e-9),
             hostname=hostname,
             visibility_timeout=visibility,
+            dead_letter=_flag(conf, "redisbreaker_dead_letter"),
+            dead_letter_maxlen=int(
+                _number(conf, "redisbreaker_dead_letter_maxlen", 10_000, low=0.5)
+            ),
+            attempts_ttl=_number(conf, "redisbreaker_attempts_ttl", 7 * 86_400.0),
         )
 
     @property

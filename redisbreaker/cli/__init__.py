@@ -110,6 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status if isinstance(status, int) else 0
 
 
-from redisbreaker.cli import bench, breakers, serve, transactions  # noqa: E402  (registers)
+from redisbreaker.cli import bench, breakers, dlq, serve, transactions  # noqa: E402  (registers)
 
-__all__ = ["bench", "breakers", "cli", "main", "serve", "target", "transactions"]
+__all__ = ["bench", "breakers", "cli", "dlq", "main", "serve", "target", "transactions"]

@@ -258,7 +258,10 @@ class BreakerCore:
         with self._lock:
             if code is Code.SUCCESS and not ticket.token:
                 if ticket.generation != self.pending_gen:
-                    return None  # its generation is gone; Redis would drop it too
+                    # Its generation is gone: it no longer counts in the state, only in
+                    # the fleet's totals, which ride on the next script call.
+                    self._queue_run(ticket.generation, Code.SUCCESS, 1)
+                    return None
                 self.pending += 1
                 if self.pending < self.options.max_pending or self._sending:
                     return None
@@ -270,6 +273,15 @@ class BreakerCore:
             return self._report_locked()
 
     # -- the outbox and the sender role ------------------------------------------------
+
+    def _queue_run(self, generation: int, code: Code, count: int) -> None:
+        """Queue ``count`` outcomes, merged into the last run when it is the same kind."""
+        if self._outbox:
+            gen, last, m, token = self._outbox[-1]
+            if (gen, last, token) == (generation, code, ""):
+                self._outbox[-1] = (gen, last, m + count, token)
+                return
+        self._outbox.append((generation, code, count, ""))
 
     def _queue_pending(self) -> None:
         if self.pending:
@@ -453,7 +465,7 @@ class BreakerCore:
     def _cache(self, view: View, now: float) -> None:
         with self._lock:
             if view.generation != self.pending_gen:
-                self.pending = 0
+                self._queue_pending()  # (an older generation's: counted in the totals only)
                 self.pending_gen = view.generation
             self.view = view
             self.generation = view.generation

@@ -30,6 +30,7 @@ SUITES = [
     "votes",
     "window_cost",
     "listing",
+    "dead_letter",
 ]
 DEFAULT_OUT = Path(__file__).parent / "results"
 

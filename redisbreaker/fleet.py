@@ -23,7 +23,7 @@ import redis
 
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.errors import STORAGE_ERRORS, ConfigurationError, StorageError
-from redisbreaker.keys import MANUAL_PAUSE, escape_tag
+from redisbreaker.keys import MANUAL_PAUSE, KeySpace, escape_tag
 from redisbreaker.options import BreakerOptions, options_from_stored
 from redisbreaker.outage import describe
 from redisbreaker.state import Reason, State, Totals, text_of
@@ -125,6 +125,21 @@ class WorkerStatus:
     queues: list[str]
     paused: dict[str, dict[str, Any]]  # queue -> {"since_ms", "by", "mode"}
     at_ms: int  # server time of the heartbeat
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeadLetterQueue:
+    """One queue's dead letters: waiting now, and what entered and left the store."""
+
+    queue: str
+    entries: int
+    added: int
+    dropped: int  # by the cap
+    replayed: int
+    purged: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -295,6 +310,27 @@ class Fleet:
                 reason=text_of(row[6] or ""),
             ))  # fmt: skip
         return sorted(out, key=lambda t: t.tx_id)
+
+    def dead_letters(self) -> list[DeadLetterQueue]:
+        """Per queue: dead-lettered tasks waiting, and those added, dropped by the cap,
+        replayed and purged (see :mod:`redisbreaker.celery.deadletter`)."""
+        head, tail = f"{self.prefix}dlq{{", "}:s"
+        out = []
+        for key in self.scan("dlq{*}:s"):
+            if not (key.startswith(head) and key.endswith(tail)):
+                continue
+            name = unescape_tag(key[len(head) : -len(tail)])
+            queue = name if isinstance(name, str) else name.decode("utf-8", "replace")
+            ks = KeySpace.of(self.prefix, "dlq", queue)
+            try:
+                length = int(self.client.xlen(ks.key("s")))
+                counts = {text_of(k): _int(v) for k, v in self.client.hgetall(ks.key("n")).items()}
+            except STORAGE_ERRORS as exc:
+                raise StorageError(f"reading dead letters: {describe(exc)}") from exc
+            out.append(DeadLetterQueue(queue, length, counts.get("added", 0),
+                                       counts.get("dropped", 0), counts.get("replayed", 0),
+                                       counts.get("purged", 0)))  # fmt: skip
+        return sorted(out, key=lambda q: q.queue)
 
     def transaction(self, tx_id: str) -> Transaction:
         return Transaction(tx_id, client=self.client, prefix=self.prefix)

@@ -87,6 +87,22 @@ class FleetCollector(Collector):
         yield from (state, calls, slow, trips, open_seconds, failure_rate, slow_rate, retry)
         yield from self._workers()
         yield from self._transactions()
+        yield from self._dead_letters()
+
+    def _dead_letters(self) -> Iterator[Any]:
+        waiting = GaugeMetricFamily(
+            "redisbreaker_dead_letters", "Dead-lettered tasks waiting, per queue", labels=["queue"]
+        )
+        moved = CounterMetricFamily(
+            "redisbreaker_dead_letters_moved", "Dead letters by what happened: added, "
+            "dropped (by the cap), replayed, purged", labels=["queue", "kind"],
+        )  # fmt: skip
+        for q in self.fleet.dead_letters():
+            waiting.add_metric([q.queue], q.entries)
+            for kind in ("added", "dropped", "replayed", "purged"):
+                moved.add_metric([q.queue, kind], getattr(q, kind))
+        yield waiting
+        yield moved
 
     def _workers(self) -> Iterator[Any]:
         paused = GaugeMetricFamily(

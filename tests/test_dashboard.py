@@ -314,7 +314,7 @@ def test_api_state_lists_breakers_workers_transactions_and_events(fleet: Fleet) 
                 break
             time.sleep(0.02)
     assert set(state) == {
-        "breakers", "workers", "transactions", "events", "control", "server_ms"
+        "breakers", "workers", "transactions", "dead_letters", "events", "control", "server_ms"
     }  # fmt: skip
     assert [(b["name"], b["scope"], b["state"]) for b in state["breakers"]] == [
         ("payments", "cluster", "open"), ("search", "cluster", "closed"),
@@ -323,7 +323,7 @@ def test_api_state_lists_breakers_workers_transactions_and_events(fleet: Fleet) 
     assert [(e["name"], e["old"], e["new"]) for e in state["events"]] == [
         ("search", "open", "closed"), ("search", "closed", "open"), ("payments", "closed", "open"),
     ]  # fmt: skip
-    assert state["workers"] == [] and state["transactions"] == []
+    assert state["workers"] == [] and state["transactions"] == [] and state["dead_letters"] == []
     assert state["control"] is False
     assert abs(state["server_ms"] - time.time() * 1000) < 5000
 

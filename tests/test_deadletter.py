@@ -153,3 +153,113 @@ def test_a_worker_killed_while_dead_lettering_loses_nothing(redis_url: str) -> N
         assert wait_for(lambda: len(store.entries()) == 1, 90)
     (entry,) = store.entries()
     assert entry.task_id == task.id
+
+
+# -- the store itself: cap, idempotency, concurrent and interrupted replays ---------------
+
+
+def _fields(task_id: str, queue: str = "q") -> dict[str, object]:
+    import msgpack
+
+    return {
+        "id": task_id, "task": "t.job", "queue": queue, "reason": "failed", "worker": "w@h",
+        "exc_type": "ValueError", "exc_message": "bad", "traceback": "Traceback ...",
+        "exchange": "", "routing_key": queue,
+        "body": json.dumps([[1], {}, {"callbacks": None, "errbacks": None, "chain": None,
+                                     "chord": None}]).encode(),
+        "headers": msgpack.packb({"task": "t.job", "id": task_id, "retries": 3}),
+        "properties": msgpack.packb({"correlation_id": task_id, "delivery_mode": 2,
+                                     "priority": 0, "body_encoding": "base64"}),
+        "content_type": "application/json", "content_encoding": "utf-8",
+        "attempts": msgpack.packb([]),
+    }  # fmt: skip
+
+
+def _app_for(redis_url: str, ns: str) -> Celery:
+    app = Celery(f"dlq_store_{ns}", broker=redis_url)
+    app.conf.update(redisbreaker_url=redis_url, redisbreaker_prefix=f"{ns}:",
+                    redisbreaker_dead_letter_maxlen=3)  # fmt: skip
+    return app
+
+
+def test_the_store_is_capped_and_idempotent(redis_url: str) -> None:
+    """At the cap the oldest entries are dropped and counted; a task id is stored once."""
+    ns = namespace()
+    store = DeadLetters(_app_for(redis_url, ns))
+    for i in range(5):
+        store.add("q", _fields(f"t{i}"))
+    assert store.add("q", _fields("t4")) == (store.entries()[-1].entry_id, False)
+    assert [e.task_id for e in store.entries()] == ["t2", "t3", "t4"]
+    assert store.stats()["q"] == {"entries": 3, "added": 5, "dropped": 2, "replayed": 0,
+                                  "purged": 0}  # fmt: skip
+    assert store.add("q", _fields("t0"))[1]  # dropped entries left the index too
+
+
+def test_two_replays_of_one_entry_send_it_once(redis_url: str, r: redis.Redis) -> None:
+    """Operators replaying the same entry at the same time: one wins the claim in Lua."""
+    import threading
+
+    ns = namespace()
+    app = _app_for(redis_url, ns)
+    store = DeadLetters(app)
+    entry_id, _ = store.add(ns, _fields("once", queue=ns))
+    sent: list[list[str]] = []
+    barrier = threading.Barrier(4)
+
+    def replay() -> None:
+        barrier.wait()
+        sent.append(DeadLetters(app).replay([entry_id]))
+
+    threads = [threading.Thread(target=replay) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(len(s) for s in sent) == [0, 0, 0, 1]
+    assert r.llen(ns) == 1  # one message in the queue
+    (message,) = [json.loads(m) for m in r.lrange(ns, 0, -1)]
+    assert message["headers"]["id"] == "once" and message["headers"]["retries"] == 0
+    assert store.entries() == [] and store.stats()[ns]["replayed"] == 1
+
+
+def test_an_interrupted_replay_leaves_the_entry(redis_url: str, r: redis.Redis) -> None:
+    """A replayer that dies after its claim leaves the entry listed (replaying); once its
+    lease ends, another replay sends it: duplicated at worst, never lost."""
+    from redisbreaker import scripts
+    from redisbreaker.keys import KeySpace
+
+    ns = namespace()
+    app = _app_for(redis_url, ns)
+    store = DeadLetters(app)
+    entry_id, _ = store.add(ns, _fields("orphan", queue=ns))
+    ks = KeySpace.of(f"{ns}:", "dlq", ns)
+    keys = [ks.key("s"), ks.key("i"), ks.key("n"), ks.key("c")]
+    claim = scripts.register(r, "dlq_claim")
+    sid = entry_id.split("/", 1)[1]
+    assert claim(keys=keys, args=["", sid, "dead-replayer", 60_000])[0] == b"ok"
+    (entry,) = store.entries()
+    assert entry.replaying
+    assert store.replay([entry_id]) == []  # held by the dead replayer's lease
+    assert claim(keys=keys, args=["", sid, "dead-replayer", 1])[0] == b"ok"  # lease: 1 ms
+    assert wait_for(lambda: store.replay([entry_id], new_id=True) != [], 5)
+    assert store.entries() == []
+    (message,) = [json.loads(m) for m in r.lrange(ns, 0, -1)]
+    assert message["headers"]["id"] != "orphan"  # --new-id
+
+
+def test_dead_letters_show_in_the_metrics(redis_url: str, r: redis.Redis) -> None:
+    """Per-queue dead-letter counts are exported."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from redisbreaker.metrics import FleetCollector
+
+    ns = namespace()
+    store = DeadLetters(_app_for(redis_url, ns))
+    store.add("video", _fields("v1", "video"))
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(r, prefix=f"{ns}:"))
+    text = generate_latest(registry).decode()
+    assert 'redisbreaker_dead_letters{queue="video"} 1.0' in text
+    assert 'redisbreaker_dead_letters_moved_total{kind="added",queue="video"} 1.0' in text or (
+        'redisbreaker_dead_letters_moved_total{queue="video",kind="added"} 1.0' in text
+    )

@@ -265,6 +265,7 @@ class Dashboard:
             "breakers": [b.as_dict() for b in fleet.breakers()],
             "workers": [w.as_dict() for w in fleet.workers()],
             "transactions": [t.as_dict() for t in fleet.transactions()],
+            "dead_letters": [q.as_dict() for q in fleet.dead_letters()],
             "events": self.feed.recent(),
             "control": self.control,
             "server_ms": fleet.server_ms(),

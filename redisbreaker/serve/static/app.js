@@ -72,6 +72,7 @@ function render(state) {
   renderBreakers(state.breakers, state.control);
   renderPaused(state.workers);
   renderTransactions(state.transactions);
+  renderDeadLetters(state.dead_letters || []);
   renderEvents(state.events);
 }
 
@@ -177,6 +178,18 @@ function renderTransactions(txs) {
   }));
   $("no-transactions").hidden = txs.length > 0;
   $("transactions").hidden = txs.length === 0;
+}
+
+function renderDeadLetters(queues) {
+  $("dead-letters").tBodies[0].replaceChildren(...queues.map((q) =>
+    el("tr", { "data-queue": q.queue, "data-entries": String(q.entries) },
+      el("td", { class: "name", text: q.queue }),
+      el("td", { class: "num", text: String(q.entries) }),
+      el("td", { class: "num", text: String(q.added) }),
+      el("td", { class: "num", text: String(q.dropped) }),
+      el("td", { class: "num", text: String(q.replayed) }))));
+  $("no-dead-letters").hidden = queues.length > 0;
+  $("dead-letters").hidden = queues.length === 0;
 }
 
 function renderEvents(events) {

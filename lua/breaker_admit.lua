@@ -11,7 +11,7 @@
 local bad = check_batch(OP + 1)
 if bad then return redis.error_reply(bad) end
 local now = now_ms(cfg.clock)
-local s = load()
+local s = load(true)
 if s.err then return s end
 if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
 apply_batch(s, OP + 1, now)

@@ -16,7 +16,7 @@ end
 if cmd == 'open' and (not ms or ms < 1) then
   return redis.error_reply('ERR breaker open needs a duration in ms, got ' .. tostring(ARGV[OP + 1]))
 end
-local s = load()
+local s = load(true)
 if s.err then return s end
 local text = cmd .. ((cmd == 'open') and (' for ' .. (ms / 1000) .. 's') or '') .. ' by ' .. cfg.who
 if cfg.note ~= '' then text = text .. ': ' .. cfg.note end

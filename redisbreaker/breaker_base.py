@@ -15,7 +15,7 @@ from redisbreaker.breaker_core import BreakerCore, decode_event
 from redisbreaker.errors import ConfigurationError, StorageError
 from redisbreaker.keys import KeySpace, validate_name
 from redisbreaker.options import BreakerSettings, options_from
-from redisbreaker.outage import describe, is_outage
+from redisbreaker.outage import classify, describe
 from redisbreaker.state import State, Transition
 
 logger = logging.getLogger("redisbreaker")
@@ -178,8 +178,9 @@ class BreakerBase:
     def _storage_error(self, exc: BaseException, script: str) -> StorageError:
         if isinstance(exc, redis.ResponseError):
             return self._core.wrap_response_error(exc, script)
-        what = "Redis unreachable" if is_outage(exc) else "Redis error"
-        return StorageError(f"breaker {self.name!r}: {what}: {describe(exc)}")
+        trouble = classify(exc)
+        hint = f"; {trouble.hint}" if trouble.hint else ""
+        return StorageError(f"breaker {self.name!r}: {trouble.value}: {describe(exc)}{hint}")
 
 
 # Clients whose server version was checked, and what was wrong with it (None: fine).

@@ -47,7 +47,7 @@ from redisbreaker.errors import (
 from redisbreaker.keys import KeySpace
 from redisbreaker.model import BreakerModel, Entry
 from redisbreaker.options import BreakerOptions, OutagePolicy, open_seconds
-from redisbreaker.outage import describe, is_outage, rate_limited
+from redisbreaker.outage import Trouble, classify, describe, rate_limited
 from redisbreaker.state import Code, Snapshot, State, Transition, Verdict, View, text_of
 
 monotonic = time.monotonic  # module-level so tests can replace the time source
@@ -553,13 +553,15 @@ class BreakerCore:
         self.view_expires = 0.0
         with self._lock:
             self._probing = False
-        if not is_outage(exc):
+        trouble = classify(exc)
+        if trouble is not Trouble.OUTAGE:
             self.errors += 1
             corrupt = isinstance(exc, CorruptStateError)
             self.last_error = f"CorruptStateError: {exc}" if corrupt else describe(exc)
+            hint = f"; {trouble.hint}" if trouble.hint else ""
             rate_limited.error(
-                f"{self.name}:error", "breaker %r: Redis error, not an outage (%s); this "
-                "call follows policy %s", self.name, self.last_error, self.options.on_outage.value,
+                f"{self.name}:error", "breaker %r: %s (%s); this call follows policy %s%s",
+                self.name, trouble.value, self.last_error, self.options.on_outage.value, hint,
                 interval=ERROR_LOG_INTERVAL,
             )  # fmt: skip
             return
@@ -629,8 +631,11 @@ class BreakerCore:
                 f"breaker {self.name!r}: a key under {self.key_list[0]!r} holds data this "
                 f"library did not write ({text.splitlines()[0][:200]})"
             )
+        trouble = classify(exc)
+        hint = f"; {trouble.hint}" if trouble.hint else ""
         return StorageError(
-            f"breaker {self.name!r}: Redis error: {scripts.explain(script, describe(exc))}"
+            f"breaker {self.name!r}: {trouble.value}: "
+            f"{scripts.explain(script, describe(exc))}{hint}"
         )
 
     def snapshot(self, view: View) -> Snapshot:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from redisbreaker.immediate import Immediate, run_now
-from redisbreaker.outage import rate_limited
+from redisbreaker.outage import Trouble, classify, describe, rate_limited
 from redisbreaker.state import text_of
 
 # A hub with no listeners for this long closes its connection and ends; the next
@@ -197,7 +197,15 @@ class _Serving:
                 self.dispatch.reset_all()
                 if self.dispatch.idle():
                     return
-                rate_limited.warning("events", "pub/sub connection lost (%r); reconnecting", exc)
+                trouble = classify(exc)
+                if trouble is Trouble.OUTAGE:
+                    rate_limited.warning("events", "pub/sub connection lost (%r); retrying", exc)
+                else:  # SUBSCRIBE denied, a bad certificate...: retried, but loudly
+                    rate_limited.error(
+                        "events", "pub/sub: %s (%s); events are not received, cached views "
+                        "expire by their lease; retrying%s", trouble.value, describe(exc),
+                        f"; {trouble.hint}" if trouble.hint else "",
+                    )  # fmt: skip
                 await self._pause(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
                 attempt += 1
             finally:

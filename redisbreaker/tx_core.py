@@ -45,6 +45,7 @@ from redisbreaker.errors import (
     UnknownTransactionError,
 )
 from redisbreaker.keys import KeySpace
+from redisbreaker.outage import Trouble, classify
 from redisbreaker.scripts import explain, source
 from redisbreaker.state import text_of
 
@@ -557,7 +558,7 @@ _REFUSED: tuple[type[BaseException], ...] = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _REFUSED):
+    if isinstance(exc, _REFUSED) or classify(exc) is Trouble.TLS:
         return False
     if isinstance(exc, rx.ResponseError) and str(exc).startswith(("BUSY", "LOADING")):
         return True
@@ -573,13 +574,11 @@ def storage_error(tx: str, what: str, exc: BaseException, script: str = "") -> S
     where = f"transaction {tx!r}: {what}"
     if isinstance(exc, rx.ResponseError) and "WRONGTYPE" in text:
         return CorruptStateError(f"{where}: its key holds data this library did not write ({text})")
-    if isinstance(exc, rx.OutOfMemoryError):
-        return StorageError(f"{where}: Redis is out of memory (maxmemory); nothing was written")
-    if isinstance(exc, rx.NoPermissionError):
-        return StorageError(f"{where}: the Redis user lacks a permission ({text})")
-    if isinstance(exc, _REFUSED):
-        return StorageError(f"{where}: Redis refused the connection's credentials ({text})")
-    return StorageError(f"{where}: Redis error ({type(exc).__name__}: {text})")
+    trouble = classify(exc)
+    if trouble is Trouble.OUT_OF_MEMORY:
+        return StorageError(f"{where}: {trouble.value}; nothing was written; {trouble.hint}")
+    hint = f"; {trouble.hint}" if trouble.hint else ""
+    return StorageError(f"{where}: {trouble.value} ({type(exc).__name__}: {text}){hint}")
 
 
 # --- plans: what the shells do next -------------------------------------------------

@@ -1,4 +1,4 @@
---! use: clock, msgpack
+--! use: clock, msgpack, publish
 -- Shared state machine of one circuit breaker. Every breaker script starts with
 -- `--! use: breaker` (or a library that uses it), so this text is part of each of them.
 --
@@ -94,7 +94,13 @@ local function win_reset(s)
   redis.call('DEL', B, R)
 end
 
-local function load()
+-- Read the state. A script that may make a transition passes publishes=true: whether
+-- it may publish is checked here, before its first write (see lua/lib/publish.lua).
+local function load(publishes)
+  if publishes then
+    local refused = publish_refused(cfg.channel)
+    if refused then return refused end
+  end
   local v = redis.call('HMGET', S, 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf',
     'ws', 'h', 'wsec', 'ct', 'cf', 'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np',
     'n_trips', 'open_ms', 'wk', 'cfg')
@@ -257,7 +263,7 @@ local function transition(s, new, now, open_for, why, text, err)
   end
   if new ~= 'half_open' then win_reset(s) end
   redis.call('DEL', P)
-  redis.call('PUBLISH', cfg.channel, cfg.ev_prefix .. mp_str(transition_from) .. mp_str(new)
+  publish(cfg.channel, cfg.ev_prefix .. mp_str(transition_from) .. mp_str(new)
     .. mp_uint(s.gen) .. mp_uint(remain(s, now)))
 end
 

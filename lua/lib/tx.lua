@@ -1,4 +1,4 @@
---! use: clock, msgpack
+--! use: clock, msgpack, publish
 -- Shared helpers of the transaction scripts (tx_*.lua).
 --
 -- A transaction is ONE hash, KEYS[1]. Eviction takes a key whole, so the counts, the
@@ -180,18 +180,19 @@ end
 -- A decision is published BEFORE the state is written, right after a write that
 -- changes nothing: Redis refuses a script's first write when it is out of memory, and
 -- never a later one, so that no-op write takes the memory check while nothing has
--- changed; PUBLISH (denied by ACL, e.g.) then fails while nothing has changed; and the
--- real HSET after them cannot be refused. Subscribers act on the message only after
--- the script has finished, when the state is there.
+-- changed; the publish (denied by ACL, e.g.: asked up front where Redis can tell, else
+-- refused by the publish itself) fails while nothing has changed; and the real HSET
+-- after them cannot be refused. Subscribers act on the message only after the script
+-- has finished, when the state is there.
 local function tx_write(s)
   if s.decided_now then
+    local refused = publish_refused(ARGV[2])
+    if refused then return {'noperm', PUBLISH_CMD .. ' ' .. ARGV[2], refused['err']} end
     -- Only a pending transaction is decided, so this writes what is already there.
     redis.call('HSET', KEYS[1], 'outcome', 'pending')
-    local sent = redis.pcall('PUBLISH', ARGV[2], mp_array({ARGV[3], s.outcome, s.kind, s.who,
+    refused = try_publish(ARGV[2], mp_array({ARGV[3], s.outcome, s.kind, s.who,
       s.text, s.at, s.n, s.yes, s.no, s.deadline}))
-    if type(sent) == 'table' and sent['err'] then
-      return {'noperm', 'PUBLISH ' .. ARGV[2], sent['err']}
-    end
+    if refused then return {'noperm', PUBLISH_CMD .. ' ' .. ARGV[2], refused['err']} end
   end
   -- unpack() is bounded by the Lua stack, so long lists go in chunks; every chunk is the
   -- same command on the same key, so once the first is accepted the rest are too.

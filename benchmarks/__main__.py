@@ -31,6 +31,7 @@ SUITES = [
     "window_cost",
     "listing",
     "dead_letter",
+    "cluster_pubsub",
 ]
 DEFAULT_OUT = Path(__file__).parent / "results"
 

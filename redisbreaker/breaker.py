@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
@@ -14,6 +15,7 @@ import redis
 from redisbreaker import config, forking
 from redisbreaker.breaker_base import BreakerBase, decode
 from redisbreaker.breaker_core import SENDER_ROUNDS, GateVerdict, ScriptCall, Ticket
+from redisbreaker.durability import marker_watch
 from redisbreaker.errors import STORAGE_ERRORS, StorageError
 from redisbreaker.events import hub_for
 from redisbreaker.state import Code, Snapshot, View
@@ -69,6 +71,17 @@ class SharedBreaker(BreakerBase):
         except redis.ResponseError:
             info = None  # e.g. an ACL without INFO: the scripts will tell
         self._server_checked(info)
+        self._check_marker()
+
+    def _check_marker(self) -> None:
+        """Read the prefix's marker (redisbreaker/durability.py): logs at ERROR if Redis
+        lost the data set since this process last looked."""
+        watch = marker_watch(self._client, self._core.keys.prefix)
+        try:
+            watch.check(self._client)
+        except STORAGE_ERRORS:
+            return  # the scripts' own errors say what is wrong
+        self._core.data_lost_at_ms = watch.lost_at_ms
 
     def _exchange(self, call: ScriptCall) -> View:
         """Run ``call``; if it holds the sender role, also send what queued behind it.
@@ -105,7 +118,10 @@ class SharedBreaker(BreakerBase):
 
     def _admit(self) -> Ticket:
         if self._epoch != forking.epoch:
-            self._bind()  # first use, or first use in a forked child: join its hub now
+            # First use, or first use in a forked child: join its hub now. (If the client
+            # cannot be made, the admit call below meets the same outage, and its policy.)
+            with contextlib.suppress(StorageError):
+                self._bind()
         core = self._core
         now = core.now()
         ticket = core.fast_admit(now)
@@ -171,7 +187,9 @@ class SharedBreaker(BreakerBase):
 
     def snapshot(self) -> Snapshot:
         """The shared state now (one round trip). Raises StorageError if Redis is down."""
-        return self._core.snapshot(self._exchange(self._core.snapshot_call()))
+        view = self._exchange(self._core.snapshot_call())
+        self._check_marker()
+        return self._core.snapshot(view)
 
     def sync(self) -> Snapshot:
         """Send this process's pending outcomes and refresh the cached view now.

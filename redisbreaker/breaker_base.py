@@ -12,10 +12,11 @@ import redis
 
 from redisbreaker import config, forking, scripts
 from redisbreaker.breaker_core import BreakerCore, decode_event
-from redisbreaker.errors import ConfigurationError, StorageError
+from redisbreaker.errors import STORAGE_ERRORS, ConfigurationError, StorageError
+from redisbreaker.events import is_cluster
 from redisbreaker.keys import KeySpace, validate_name
 from redisbreaker.options import BreakerSettings, options_from
-from redisbreaker.outage import classify, describe
+from redisbreaker.outage import diagnose
 from redisbreaker.state import State, Transition
 
 logger = logging.getLogger("redisbreaker")
@@ -129,11 +130,18 @@ class BreakerBase:
             if self._scripts is None or self._epoch != forking.epoch:
                 client = self._client
                 if client is None:
-                    client = self._default_client()
+                    try:
+                        client = self._default_client()
+                    except STORAGE_ERRORS as exc:  # a Cluster client reaches a node to be
+                        raise StorageError(  # made: none up is an outage, not a crash
+                            f"breaker {self.name!r}: {diagnose(exc)}"
+                        ) from exc
                 else:
                     config.warn_risky_client(client)
                 found = {name: scripts.for_client(client, name) for name in SCRIPTS}
                 self._client = client
+                # The prefix's channel, or on Redis Cluster the hash slot's (keys.py).
+                self._core.channel = self._core.keys.channel(sharded=is_cluster(client))
                 self._join_hub(client)
                 self._epoch = forking.epoch
                 self._scripts = found
@@ -178,9 +186,7 @@ class BreakerBase:
     def _storage_error(self, exc: BaseException, script: str) -> StorageError:
         if isinstance(exc, redis.ResponseError):
             return self._core.wrap_response_error(exc, script)
-        trouble = classify(exc)
-        hint = f"; {trouble.hint}" if trouble.hint else ""
-        return StorageError(f"breaker {self.name!r}: {trouble.value}: {describe(exc)}{hint}")
+        return StorageError(f"breaker {self.name!r}: {diagnose(exc)}")
 
 
 # Clients whose server version was checked, and what was wrong with it (None: fine).

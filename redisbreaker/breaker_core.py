@@ -189,6 +189,11 @@ class BreakerCore:
         # Errors that are not outages, for snapshot() and the logs.
         self.errors = 0
         self.last_error: str | None = None
+        # State loss (redisbreaker/durability.py): what Redis last said, and when.
+        self.redis_view: View | None = None
+        self.redis_view_at = 0.0
+        self.state_lost = 0  # times this process found the breaker's state gone
+        self.data_lost_at_ms = 0  # set by the shells from the prefix's marker
         self._warned_settings: set[str] = set()
         # Counted here and sent with the next script call: calls refused while open and
         # calls whose outcome counts nothing; and the last failure, recorded with a trip.
@@ -416,6 +421,7 @@ class BreakerCore:
     def apply(self, reply: Sequence[Any], now: float) -> tuple[View, Transition | None]:
         """Take a script's reply into the cached view; return it and any transition it made."""
         view = View.parse(reply)
+        self._check_continuity(view, now)
         if self.outage_since is not None:
             self._recovered(now)
         self.local_model = None  # Redis is reachable: rejoin the shared state
@@ -432,6 +438,26 @@ class BreakerCore:
                 origin=origin(),
             )  # fmt: skip
         return view, transition
+
+    def _check_continuity(self, view: View, now: float) -> None:
+        """A generation only grows; Redis answering with a lower one than it gave this
+        process, while the breaker was open or paused, means the state was lost (evicted,
+        or Redis lost its data): the breaker starts again closed. Said at ERROR once per
+        loss. (A breaker idle past its ``ttl`` expires by design; that is not a loss.)"""
+        before, at = self.redis_view, self.redis_view_at
+        self.redis_view, self.redis_view_at = view, now
+        if before is None or view.generation >= before.generation:
+            return
+        if before.state is State.CLOSED or now - at > self.options.ttl:
+            return
+        self.state_lost += 1
+        rate_limited.error(
+            f"{self.name}:lost", "breaker %r: its state in Redis is gone (it was %s at "
+            "generation %d; Redis now says %s at generation %d): evicted, or Redis lost its "
+            "data; see docs/redis.md for the settings that prevent it",
+            self.name, before.state.value, before.generation, view.state.value,
+            view.generation, interval=0.0,
+        )  # fmt: skip
 
     def _log_transition(self, view: View) -> None:
         """One line per transition, in the process whose call made it (so once per
@@ -633,16 +659,17 @@ class BreakerCore:
             )
         trouble = classify(exc)
         hint = f"; {trouble.hint}" if trouble.hint else ""
-        return StorageError(
-            f"breaker {self.name!r}: {trouble.value}: "
-            f"{scripts.explain(script, describe(exc))}{hint}"
-        )
+        detail = scripts.explain(script, describe(exc))
+        error = StorageError(f"breaker {self.name!r}: {trouble.value}: {detail}{hint}")
+        error.detail = detail
+        return error
 
     def snapshot(self, view: View) -> Snapshot:
         return Snapshot.from_view(
             self.name, view,
             fingerprint=self.options.fingerprint(view.other_settings or None),
-            errors=self.errors, last_error=self.last_error,
+            errors=self.errors, last_error=self.last_error, state_lost=self.state_lost,
+            data_lost_at_ms=self.data_lost_at_ms,
         )  # fmt: skip
 
 

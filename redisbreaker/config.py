@@ -7,6 +7,10 @@ client that every object uses unless it is given ``client=``. Accepted URLs:
 * ``unix://[user:password@]/path/to/redis.sock[?db=N]``;
 * ``redis+cluster://host:port[,host:port...]`` and ``rediss+cluster://`` for Redis
   Cluster (any reachable node; the rest are discovered), or pass a ``RedisCluster``;
+* ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` and
+  ``rediss+sentinel://`` for Redis Sentinel: the sentinels to ask for the master of
+  ``service_name``; the credentials are the master's, the sentinels' own go in
+  ``?sentinel_password=`` (see :mod:`redisbreaker.sentinel`);
 * ``fakeredis://[name]`` for tests: an in-memory fakeredis server (``fakeredis[lua]``,
   the ``testing`` extra), one per name and process, shared by every client of that URL.
 """
@@ -16,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 import redis
 import redis.asyncio
@@ -31,30 +36,55 @@ from redis.backoff import NoBackoff
 from redis.backoff import NoBackoff as AsyncNoBackoff
 from redis.retry import Retry
 
+from redisbreaker import sentinel
 from redisbreaker.errors import ConfigurationError
 from redisbreaker.keys import DEFAULT_PREFIX, validate_prefix
+from redisbreaker.sentinel import SentinelUrl
 
 logger = logging.getLogger("redisbreaker")
 
 ENV_URL = "REDISBREAKER_URL"
 ENV_PREFIX = "REDISBREAKER_PREFIX"
 
-_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "fakeredis")
+_SCHEMES = (
+    "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", *sentinel.SCHEMES, "fakeredis",
+)  # fmt: skip
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password (and user name) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if "@" not in parts.netloc:
-        return url
-    hosts = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{hosts}"))
+def redact_url(url: object) -> str:
+    """``url`` with its credentials replaced by ``***``: safe to log or show.
+
+    Works on the raw text rather than a parsed URL, because the URLs that most need it
+    do not parse as meant: a password holding an unencoded ``/``, ``#``, ``?`` or ``@``
+    moves the split points. So everything between ``://`` and the last ``@`` goes
+    (user name too), and so does the value of every ``password=`` query parameter
+    (``sentinel_password=`` included). kombu's ``url1;url2`` lists are redacted item
+    by item. Over-redacting a path that holds an ``@`` is the price of never showing
+    a password.
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
+    items = _URL_LIST.split(url)
+    return ";".join(_redact_one(item) for item in items)
+
+
+# A ';' followed by a scheme starts the next URL of a kombu failover list.
+_URL_LIST = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+# A password= value runs to the next "&name=" (an unencoded & may be part of it).
+_QUERY_SECRET = re.compile(r"(?i)(password=).*?(?=&[A-Za-z_]+=|$)")
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparsable url>" if "@" in url or ":" in url else url
+    rest = _QUERY_SECRET.sub(r"\1***", rest)  # first: such a password may hold an '@'
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return scheme + sep + rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +92,7 @@ class ParsedUrl:
     scheme: str
     url: str  # the URL as redis-py expects it (cluster marker removed)
     cluster_nodes: tuple[tuple[str, int], ...]
+    sentinel: SentinelUrl | None = None  # set for redis+sentinel:// URLs
 
     @property
     def is_cluster(self) -> bool:
@@ -75,8 +106,18 @@ def parse_url(url: object) -> ParsedUrl:
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        raise ConfigurationError(f"Redis URL {shown!r} cannot be parsed: {exc}") from None
+    except ValueError:
+        # urllib's message quotes the host part, credentials included: not shown.
+        raise ConfigurationError(
+            f"Redis URL {shown!r} cannot be parsed (is a [ or ] in it percent-encoded?)"
+        ) from None
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # An unencoded / # or ? in the password ends the host part early, and the rest
+        # of the password would be read as a path, a query or a fragment.
+        raise ConfigurationError(
+            f"Redis URL {shown!r} has an '@' after its host part: percent-encode a user "
+            "name or password holding / # ? or @ (urllib.parse.quote(password, safe=''))"
+        )
     if parts.scheme not in _SCHEMES:
         raise ConfigurationError(
             f"Redis URL {shown!r} has scheme {parts.scheme!r}; expected one of {_SCHEMES}"
@@ -89,6 +130,8 @@ def parse_url(url: object) -> ParsedUrl:
         return ParsedUrl("unix", url, ())
     if parts.scheme.endswith("+cluster"):
         return ParsedUrl(parts.scheme, url, _cluster_nodes(parts, shown))
+    if parts.scheme in sentinel.SCHEMES:
+        return ParsedUrl(parts.scheme, url, (), sentinel.parse(parts, shown))
     if not parts.hostname:
         raise ConfigurationError(f"Redis URL {shown!r} names no host")
     _check_port(parts, shown)
@@ -135,6 +178,8 @@ def client_from_url(url: str, **options: Any) -> SyncClient:
     if parsed.scheme == "fakeredis":
         fake = _fakeredis()
         return cast(SyncClient, fake.FakeRedis(server=_fake_server(url)))
+    if parsed.sentinel is not None:  # no retries: see redisbreaker.sentinel
+        return sentinel.client(parsed.sentinel, {**POOL_DEFAULTS, **CLIENT_DEFAULTS, **options})
     if parsed.is_cluster:
         parts = urlsplit(url)
         # redis-py leaves ClusterNode.__init__ unannotated.
@@ -160,6 +205,10 @@ def async_client_from_url(url: str, **options: Any) -> AsyncClient:
     if parsed.scheme == "fakeredis":
         fake = _fakeredis()
         return cast(AsyncClient, fake.FakeAsyncRedis(server=_fake_server(url)))
+    if parsed.sentinel is not None:
+        return sentinel.async_client(
+            parsed.sentinel, {**POOL_DEFAULTS, **CLIENT_DEFAULTS, **options}
+        )
     if parsed.is_cluster:
         parts = urlsplit(url)
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in parsed.cluster_nodes]
@@ -206,7 +255,8 @@ CLIENT_DEFAULTS: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeou
 # instead of raising MaxConnectionsError when many threads share it, and never retries
 # inside redis-py: a retry multiplies the stall of an outage, and the library retries by
 # itself where a command is idempotent. A cluster client keeps redis-py's own retries,
-# which are how it follows a failover to a promoted replica.
+# which are how it follows a failover to a promoted replica; a Sentinel client needs
+# none, as each new connection asks the sentinels for the master (sentinel.py).
 POOL_DEFAULTS: dict[str, Any] = {"max_connections": 100, "timeout": 10.0}
 
 

@@ -16,6 +16,11 @@ class ConfigurationError(RedisBreakerError, ValueError):
 class StorageError(RedisBreakerError):
     """Redis could not be reached or answered with an error, and policy says to raise."""
 
+    # The underlying error as ``Class: message``, with what the library knows beyond
+    # redis-py's text (the lua/ source line a script error came from); None: describe
+    # the cause as it is.
+    detail: str | None = None
+
 
 class CorruptStateError(StorageError):
     """A key holds something this library did not write (wrong type or shape)."""
@@ -54,8 +59,13 @@ class BreakerUnavailableError(CircuitOpenError):
 
 
 # What a script call can raise from redis-py or the socket; the breaker core sorts
-# outages (the policy applies) from everything else (logged at ERROR).
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+# outages (the policy applies) from everything else (logged at ERROR). A Cluster client
+# raises RedisClusterException, which is no RedisError, when no node can be reached.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
 
 
 class TransactionError(RedisBreakerError):

@@ -22,10 +22,11 @@ import msgpack
 import redis
 
 from redisbreaker.breaker import SharedBreaker
+from redisbreaker.durability import DataSet, MarkerWatch, parse_marker
 from redisbreaker.errors import STORAGE_ERRORS, ConfigurationError, StorageError
 from redisbreaker.keys import MANUAL_PAUSE, KeySpace, escape_tag
 from redisbreaker.options import BreakerOptions, options_from_stored
-from redisbreaker.outage import describe
+from redisbreaker.outage import diagnose
 from redisbreaker.state import Reason, State, Totals, text_of
 from redisbreaker.transaction import Transaction
 from redisbreaker.tx_core import Decision
@@ -191,7 +192,7 @@ class Fleet:
             for key in keys:
                 yield text_of(key)
         except STORAGE_ERRORS as exc:
-            raise StorageError(f"listing {self.prefix!r}: {describe(exc)}") from exc
+            raise StorageError(f"listing {self.prefix!r}: {diagnose(exc)}") from exc
 
     def _read(self, keys: Sequence[str], fields: Sequence[str]) -> list[list[Any]]:
         """HMGET ``fields`` of every key, pipelined (per node on a cluster)."""
@@ -202,14 +203,27 @@ class Fleet:
             rows: list[list[Any]] = pipe.execute()
             return rows
         except STORAGE_ERRORS as exc:
-            raise StorageError(f"reading {self.prefix!r}: {describe(exc)}") from exc
+            raise StorageError(f"reading {self.prefix!r}: {diagnose(exc)}") from exc
 
     def server_ms(self) -> int:
         try:
             seconds, micros = self.client.time()
         except STORAGE_ERRORS as exc:
-            raise StorageError(f"reading the server clock: {describe(exc)}") from exc
+            raise StorageError(f"reading the server clock: {diagnose(exc)}") from exc
         return int(seconds) * 1000 + int(micros) // 1000
+
+    def data_set(self) -> DataSet | None:
+        """What the prefix's marker says (redisbreaker/durability.py): when the data set
+        was made, and whether it replaced one Redis lost. ``None`` if there is no marker
+        (nothing used the prefix yet, or it was lost and no process has looked since)."""
+        key = MarkerWatch(self.prefix).key
+        try:
+            row = self.client.hmget(key, "token", "created", "replaced", "by")
+        except STORAGE_ERRORS as exc:
+            raise StorageError(f"reading {key!r}: {diagnose(exc)}") from exc
+        if row[0] is None:
+            return None
+        return parse_marker([*row, self.server_ms()])
 
     def breakers(self) -> list[BreakerInfo]:
         """Every breaker with state under the prefix, sorted by name."""
@@ -276,7 +290,7 @@ class Fleet:
                 pipe.get(key)
             blobs = pipe.execute()
         except STORAGE_ERRORS as exc:
-            raise StorageError(f"reading heartbeats: {describe(exc)}") from exc
+            raise StorageError(f"reading heartbeats: {diagnose(exc)}") from exc
         out = []
         for blob in blobs:
             if not blob:
@@ -326,7 +340,7 @@ class Fleet:
                 length = int(self.client.xlen(ks.key("s")))
                 counts = {text_of(k): _int(v) for k, v in self.client.hgetall(ks.key("n")).items()}
             except STORAGE_ERRORS as exc:
-                raise StorageError(f"reading dead letters: {describe(exc)}") from exc
+                raise StorageError(f"reading dead letters: {diagnose(exc)}") from exc
             out.append(DeadLetterQueue(queue, length, counts.get("added", 0),
                                        counts.get("dropped", 0), counts.get("replayed", 0),
                                        counts.get("purged", 0)))  # fmt: skip

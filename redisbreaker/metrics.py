@@ -88,6 +88,23 @@ class FleetCollector(Collector):
         yield from self._workers()
         yield from self._transactions()
         yield from self._dead_letters()
+        yield from self._data_set()
+
+    def _data_set(self) -> Iterator[Any]:
+        created = GaugeMetricFamily(
+            "redisbreaker_data_set_created_timestamp_seconds",
+            "When the data set under the prefix was made (it changes when Redis loses it)",
+        )  # fmt: skip
+        lost = GaugeMetricFamily(
+            "redisbreaker_data_set_lost_timestamp_seconds",
+            "When Redis was found to have lost the data set before this one (0: never)",
+        )  # fmt: skip
+        data = self.fleet.data_set()
+        if data is not None:
+            created.add_metric([], data.created_ms / 1000.0)
+            lost.add_metric([], data.lost_at_ms / 1000.0)
+        yield created
+        yield lost
 
     def _dead_letters(self) -> Iterator[Any]:
         waiting = GaugeMetricFamily(

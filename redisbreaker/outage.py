@@ -93,6 +93,7 @@ _OUTAGE_TYPES: tuple[type[BaseException], ...] = (
     rx.TryAgainError,
     rx.SlotNotCoveredError,
 )
+_SCRIPT_DENIED = "user executing the script can't run this command"
 _AUTH_TYPES: tuple[type[BaseException], ...] = (rx.AuthenticationError, rx.AuthorizationError)
 
 
@@ -105,6 +106,8 @@ def classify(exc: BaseException) -> Trouble:
         return Trouble.AUTH
     if isinstance(cause, rx.NoPermissionError) or str(cause).startswith("NOPERM"):
         return Trouble.PERMISSION
+    if isinstance(cause, rx.ResponseError) and _SCRIPT_DENIED in str(cause):
+        return Trouble.PERMISSION  # a command inside a script (Redis does not name it)
     if isinstance(cause, rx.OutOfMemoryError) or str(cause).startswith("OOM "):
         return Trouble.OUT_OF_MEMORY
     if isinstance(cause, _OUTAGE_TYPES):
@@ -149,6 +152,17 @@ _CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")
 
 def describe(exc: BaseException) -> str:
     """``ExceptionClass: message`` of ``exc``'s underlying error, without credentials."""
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, str):
+        return detail
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     text = _CREDENTIALS.sub(r"\1***@", str(cause).splitlines()[0] if str(cause) else "")
     return f"{type(cause).__name__}: {text[:200]}" if text else type(cause).__name__
+
+
+def diagnose(exc: BaseException) -> str:
+    """:func:`describe` preceded by what kind of failure it is, and followed by what to
+    do about it when that is known: the text of a :class:`StorageError`."""
+    trouble = classify(exc)
+    hint = f"; {trouble.hint}" if trouble.hint else ""
+    return f"{trouble.value}: {describe(exc)}{hint}"

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 _USE = re.compile(r"^--! use: *([\w, ]+)$", re.MULTILINE)
 _LINE = re.compile(r"user_script:(\d+)")
+_CALL = re.compile(r"redis\.p?call\('(\w+)'")
 
 
 def _lua_root() -> Traversable:
@@ -97,8 +98,14 @@ def explain(name: str, message: str) -> str:
     found = _LINE.search(message)
     if found is None:
         return message
-    where = compiled(name).where(int(found.group(1)))
-    return f"{message} [{where}]" if where else message
+    line = int(found.group(1))
+    where = compiled(name).where(line)
+    if where is None:
+        return message
+    # Redis does not name the command a script was refused (an ACL): the source does.
+    lines = compiled(name).text.splitlines()
+    command = _CALL.search(lines[line - 1]) if 0 < line <= len(lines) else None
+    return f"{message} [{where}{f', {command.group(1)}' if command else ''}]"
 
 
 class _Registrar(Protocol):

@@ -158,11 +158,16 @@ class Snapshot:
     last_error: str | None = None  # the latest of them, ``Class: message``
     totals: Totals = Totals()  # fleet-wide call counts, trips and time open
     reason: Reason = Reason()  # why it is in this state (from snapshot(); else empty)
+    # State loss (docs/redis.md): times this process found this breaker's state gone
+    # from Redis while it was open or paused; and when Redis was last found to have
+    # lost the whole data set under the prefix (server ms, 0: never; from snapshot()).
+    state_lost: int = 0
+    data_lost_at_ms: int = 0
 
     @classmethod
     def from_view(
         cls, name: str, view: View, *, fingerprint: str = "", errors: int = 0,
-        last_error: str | None = None,
+        last_error: str | None = None, state_lost: int = 0, data_lost_at_ms: int = 0,
     ) -> Snapshot:  # fmt: skip
         return cls(
             name=name,
@@ -180,6 +185,8 @@ class Snapshot:
             last_error=last_error,
             totals=view.totals,
             reason=view.reason or Reason(),
+            state_lost=state_lost,
+            data_lost_at_ms=data_lost_at_ms,
         )
 
 

@@ -50,7 +50,7 @@ class Transaction(
         return run_now(work)
 
     def _eval(self, call: core.Call) -> Immediate[Any]:
-        args = (call.script.sha, 1, self._keys.key, *call.args)
+        args = (call.script.sha, 1, self._keys.key, *self._argv(call))
         try:
             return Immediate(self.client.evalsha(*args))
         except redis.exceptions.NoScriptError:
@@ -65,7 +65,7 @@ class Transaction(
         return events.hub_for(self.client)
 
     def _waiter(self) -> Waiter:
-        return Waiter(self.id, threading.Event(), self._hub().connected)
+        return Waiter(self.id, threading.Event(), self._hub().ready(self.channel))
 
     def _until_woken(self, waiter: Waiter, seconds: float) -> Immediate[bool]:
         return Immediate(waiter.event.wait(seconds))

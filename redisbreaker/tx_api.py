@@ -134,13 +134,13 @@ class TransactionApi(
         The waiter registers before the plan's first read, so nothing is missed; it
         waits (bounded) for the subscription, and always leaves the hub.
         """
-        hub, waiter = self._hub(), self._waiter()
-        hub.add(self._keys.channel, self.id, waiter, decode)
+        hub, waiter, channel = self._hub(), self._waiter(), self.channel
+        hub.add(channel, self.id, waiter, decode)
         try:
             await self._until_subscribed(waiter)
             return await self._execute(plan, waiter)
         finally:
-            hub.remove(self._keys.channel, self.id, waiter)
+            hub.remove(channel, self.id, waiter)
 
     async def _then(self, plan: core.Plan[T], fn: Callable[[T], Any]) -> Any:
         return fn(await self._execute(plan))

@@ -44,6 +44,7 @@ from redisbreaker.errors import (
     TransactionUnavailableError,
     UnknownTransactionError,
 )
+from redisbreaker.events import is_cluster
 from redisbreaker.keys import KeySpace
 from redisbreaker.outage import Trouble, classify
 from redisbreaker.scripts import explain, source
@@ -343,16 +344,17 @@ def script(name: str) -> Script:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The one key and the channel of one transaction."""
+    """The one key and the channels of one transaction."""
 
     tx_id: str
     key: str
-    channel: str
+    channel: str  # on one server: the prefix's channel
+    slot_channel: str  # on Redis Cluster: its hash slot's channel (see keys.py)
 
     @classmethod
     def of(cls, prefix: str, tx_id: str) -> Keys:
         ks = KeySpace.of(prefix, KIND, tx_id)
-        return cls(tx_id, ks.key("state"), ks.channel())
+        return cls(tx_id, ks.key("state"), ks.channel(), ks.channel(sharded=True))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -823,6 +825,7 @@ class TxBase:
         self._ctx = Context(self.id, seconds(grace, "grace", MAX_GRACE))
         self._clock_ms = None
         self._given_client = client
+        self._is_sharded: bool | None = None
 
     @property
     def client(self) -> Any:
@@ -842,8 +845,25 @@ class TxBase:
 
     @property
     def channel(self) -> str:
-        """The pub/sub channel its decision is published on (one per prefix)."""
-        return self._keys.channel
+        """The pub/sub channel its decision is published on: the prefix's, or on Redis
+        Cluster its hash slot's (resolves the client)."""
+        return self._keys.slot_channel if self._sharded() else self._keys.channel
+
+    def _sharded(self) -> bool:
+        """Whether the client is a Redis Cluster client. Known once the client is, so
+        the shells ask inside their coroutines (an asyncio default client belongs to
+        the running loop), not when a plan is made."""
+        sharded = self._is_sharded
+        if sharded is None:
+            sharded = self._is_sharded = is_cluster(self.client)
+        return sharded
+
+    def _argv(self, call: Call) -> list[Any]:
+        """``call``'s ARGV for this handle's client: on Redis Cluster, ARGV[2] (the
+        channel, see lua/lib/tx.lua) is the hash slot's channel."""
+        if not self._sharded():
+            return call.args
+        return [call.args[0], self._keys.slot_channel, *call.args[2:]]
 
     def _request(
         self,

@@ -1,16 +1,17 @@
 """Waking transaction waiters, on the process's shared pub/sub hub (``events.py``).
 
-The script that decides a transaction PUBLISHes the decision (msgpack) on the
-prefix's channel. Waiters register under their transaction id with the hub of their
-client: the same single connection per process and client that breakers use, so a
-process with a thousand waiting participants holds one extra Redis connection, not a
-thousand, and nobody polls. A waiter holds no pooled connection while it sleeps; its
+The script that decides a transaction publishes the decision (msgpack) on the
+prefix's channel (on Redis Cluster: its hash slot's, see keys.py). Waiters register
+under their transaction id with the hub of their client: the same connection per
+process and client (per Cluster master) that breakers use, so a process with a
+thousand waiting participants holds one extra Redis connection, not a thousand, and
+nobody polls. A waiter holds no pooled connection while it sleeps; its
 occasional status read borrows one for a single short command.
 
 A message can be missed while the subscription is (re)made. The waiter closes that
 race: it registers first, then reads the status once; when the server confirms the
-subscription (or the connection drops) the hub tells every waiter to read the status
-again; and a waiter always reads it once more at its own timeout. A waiter always
+subscription of its channel (or the connection drops) the hub tells its waiters to read
+the status again; and a waiter always reads it once more at its own timeout. A waiter always
 leaves the hub (also on error or cancellation), so an id nobody waits on costs
 nothing there.
 """
@@ -40,7 +41,8 @@ class Waiter:
     """One waiter's mailbox: the published decision, or a request to read again.
 
     ``event`` is a ``threading.Event`` for threads or an ``asyncio.Event`` for a loop;
-    ``ready`` is the hub's event, set while its subscription is confirmed.
+    ``ready`` is the hub's flag for the transaction's channel, set while its
+    subscription is confirmed.
     """
 
     tx_id: str

@@ -9,26 +9,26 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.cluster import RedisCluster as ClusterClient
 
 import redisbreaker.config
-from redisbreaker.testing.servers import RedisCluster, RedisServer, ServerStartError
+from redisbreaker.config import client_from_url
+from redisbreaker.testing.servers import (
+    RedisCluster,
+    RedisSentinel,
+    RedisServer,
+)
+from tests.helpers import healed, started
 from tests.support.rabbitmq import RabbitServer, RabbitStartError
 
 # The fixtures users get (redisbreaker_fake, redisbreaker_redis): tested here too.
 pytest_plugins = ["redisbreaker.testing.pytest_plugin"]
 
 
-def _start(server: RedisServer) -> RedisServer:
-    try:
-        return server.start()
-    except ServerStartError as exc:
-        pytest.fail(f"could not start redis-server for the tests: {exc}", pytrace=False)
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server for the session, on a free loopback port and a unix socket."""
-    server = _start(RedisServer())
+    server = started(RedisServer())
     yield server
     server.stop()
 
@@ -52,7 +52,7 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own, for tests that kill or restart it."""
-    server = _start(RedisServer(appendonly=True))
+    server = started(RedisServer(appendonly=True))
     yield server
     server.stop()
 
@@ -60,12 +60,46 @@ def private_redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A 3-master Redis Cluster on loopback ports, started once per session."""
-    try:
-        cluster = RedisCluster(masters=3).start()
-    except ServerStartError as exc:
-        pytest.fail(f"could not start a Redis Cluster for the tests: {exc}", pytrace=False)
+    cluster = started(RedisCluster(masters=3), "a Redis Cluster")
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_ha() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster with a replica per master, started once per session;
+    a master judged failed after 3 s of silence. Tests may kill masters: take it through
+    a fixture that calls ``heal()`` (see tests/test_cluster_failover.py)."""
+    cluster = started(
+        RedisCluster(masters=3, replicas=1, node_timeout_ms=3000), "a Redis Cluster with replicas"
+    )
+    yield cluster
+    cluster.stop()
+
+
+# The passwords of the Sentinel setup; tests grep output for them.
+SENTINEL_MASTER_PW = "m@ster pw/#?"
+SENTINEL_PW = "sent?nel&pw%"
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinel]:
+    """A Sentinel setup (1 master, 2 replicas, 3 sentinels, quorum 2) for the session,
+    with passwords on the data nodes and on the sentinels (URL-hostile characters on
+    purpose). Tests may kill its master: take it through ``sentinel_setup`` to heal it."""
+    setup = started(
+        RedisSentinel(password=SENTINEL_MASTER_PW, sentinel_password=SENTINEL_PW),
+        "a Redis Sentinel setup",
+    )
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def sentinel_setup(redis_sentinel: RedisSentinel) -> RedisSentinel:
+    """The session's Sentinel setup with every node up (a killed master is back as a
+    replica) and the data set empty on every node."""
+    return healed(redis_sentinel, "Redis Sentinel setup")
 
 
 @pytest.fixture(autouse=True)
@@ -86,3 +120,13 @@ def rabbit() -> Iterator[RabbitServer]:
         pytest.fail(f"could not start rabbitmq-server for the tests: {exc}", pytrace=False)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cc(redis_cluster: RedisCluster) -> Iterator[ClusterClient]:
+    """A client of the session's Cluster, every master flushed before the test."""
+    redis_cluster.flushall()
+    client = client_from_url(redis_cluster.url)
+    assert isinstance(client, ClusterClient)
+    yield client
+    client.close()

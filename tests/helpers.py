@@ -4,12 +4,42 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
+import pytest
 import redis
 
 from redisbreaker import SharedBreaker
 from redisbreaker.events import hub_for
 from redisbreaker.state import Transition
+from redisbreaker.testing.servers import ServerStartError
+
+
+class _Startable(Protocol):
+    def start(self) -> object: ...
+
+
+S = TypeVar("S", bound=_Startable)
+
+
+def started(server: S, what: str = "redis-server") -> S:
+    """``server`` started; the test fails (never skips) when it cannot be."""
+    try:
+        server.start()
+    except ServerStartError as exc:
+        pytest.fail(f"could not start {what} for the tests: {exc}", pytrace=False)
+    return server
+
+
+def healed(setup: S, what: str) -> S:
+    """A shared Sentinel or Cluster setup with every node up again (a killed master
+    back as a replica) and its data set empty; the test fails if it cannot be."""
+    try:
+        setup.heal()  # type: ignore[attr-defined]
+    except ServerStartError as exc:
+        pytest.fail(f"could not heal the {what}: {exc}", pytrace=False)
+    setup.flushall()  # type: ignore[attr-defined]
+    return setup
 
 
 class Boom(Exception):

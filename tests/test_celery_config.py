@@ -13,8 +13,9 @@ from celery import Celery
 import redisbreaker.celery
 from redisbreaker import ConfigurationError, SharedBreaker
 from redisbreaker.celery import shared_breaker
-from redisbreaker.celery.settings import Settings, broker_redis_url, check_eviction
+from redisbreaker.celery.settings import Settings, broker_redis_url
 from redisbreaker.celery.task import BreakerSpec, spec_of
+from redisbreaker.durability import eviction_risk
 from redisbreaker.testing import VirtualClock
 
 
@@ -147,17 +148,23 @@ def test_retry_countdown_stays_below_visibility_timeout() -> None:
 
 @pytest.fixture
 def evicting(r: redis.Redis) -> Iterator[redis.Redis]:
-    old = r.config_get("maxmemory-policy")["maxmemory-policy"]
+    old = r.config_get("maxmemory*")
     r.config_set("maxmemory-policy", "allkeys-lru")
     yield r
-    r.config_set("maxmemory-policy", str(old))
+    r.config_set("maxmemory-policy", str(old["maxmemory-policy"]))
+    r.config_set("maxmemory", str(old["maxmemory"]))
 
 
 def test_eviction_policy_warning(evicting: redis.Redis) -> None:
-    """A maxmemory-policy that can evict keys produces a warning; noeviction does not."""
-    assert "allkeys-lru" in (check_eviction(evicting) or "")
+    """Eviction needs a maxmemory and a policy other than noeviction: only then the
+    warning, which says why volatile-* policies are the worst for the library."""
+    assert eviction_risk(evicting) is None  # no maxmemory: nothing is ever evicted
+    evicting.config_set("maxmemory", 1 << 30)
+    assert "allkeys-lru" in (eviction_risk(evicting) or "")
+    evicting.config_set("maxmemory-policy", "volatile-ttl")
+    assert "first to go" in (eviction_risk(evicting) or "")
     evicting.config_set("maxmemory-policy", "noeviction")
-    assert check_eviction(evicting) is None
+    assert eviction_risk(evicting) is None
 
 
 def test_manual_pause_api_validates_its_scope() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 from redis.cluster import RedisCluster as ClusterClient
@@ -11,21 +9,11 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from redisbreaker import CircuitOpenError, SharedBreaker, State
-from redisbreaker.config import client_from_url
 from redisbreaker.testing import VirtualClock
 from redisbreaker.testing.servers import RedisCluster
 from tests.helpers import fail_n, ok
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def cc(redis_cluster: RedisCluster) -> Iterator[ClusterClient]:
-    redis_cluster.flushall()
-    client = client_from_url(redis_cluster.url)
-    assert isinstance(client, ClusterClient)
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize("name", ["payments", "a{b}c", "}{", b"\x00{\xff"])

@@ -276,7 +276,7 @@ def test_script_errors_are_not_outages_and_show_in_snapshot(
         assert "docs/redis.md" in errors[0]
         snap = b.snapshot()
         assert snap.state is State.CLOSED and snap.reason.rule == ""  # nothing written
-        assert r.keys("rb:*") == []
+        assert r.keys("rb:cb*") == []
         assert snap.errors == 2 and snap.last_error is not None
         assert snap.last_error.startswith("NoPermissionError") and "publish" in snap.last_error
         before = r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
@@ -309,3 +309,17 @@ def test_a_risky_user_client_is_warned_about_once(
     warned = [x.getMessage() for x in caplog.records if "stalls" in x.getMessage()]
     assert len(warned) == 1
     assert "no socket_timeout" in warned[0] and "10 retries" in warned[0]
+
+
+def test_a_cluster_with_no_node_up_is_an_outage_from_the_first_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py's cluster client reaches a node as it is made: with none up, the first
+    call of a process follows the outage policy like any later one (no raw
+    RedisClusterException), and a fail_closed breaker refuses."""
+    redisbreaker.configure(url=f"redis+cluster://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.WARNING, logger="redisbreaker"):
+        assert SharedBreaker("down-open").call(ok) == "ok"
+    assert any("unreachable" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BreakerUnavailableError):
+        SharedBreaker("down-closed", on_outage="fail_closed").call(ok)

@@ -19,8 +19,7 @@ from redisbreaker.config import async_client_from_url, client_from_url
 from redisbreaker.errors import StorageError, TransactionInDoubtError
 from redisbreaker.testing.servers import RedisServer
 from redisbreaker.transaction import Decision, Outcome, Transaction
-from tests.conftest import _start
-from tests.helpers import wait_for
+from tests.helpers import started, wait_for
 
 
 class CountingRedis(redis.Redis):
@@ -206,7 +205,7 @@ def test_in_doubt_rule_when_redis_stays_down(private_redis: RedisServer) -> None
 
 
 def _evicting_server() -> RedisServer:
-    return _start(RedisServer(extra=["--maxmemory", "3mb", "--maxmemory-policy", "volatile-lru"]))
+    return started(RedisServer(extra=["--maxmemory", "3mb", "--maxmemory-policy", "volatile-lru"]))
 
 
 def test_eviction_never_commits_without_every_vote() -> None:

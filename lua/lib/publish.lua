@@ -6,28 +6,44 @@
 -- script's first write, never halfway: publish_refused() asks the ACL up front
 -- (redis.acl_check_cmd, Redis 7+). Where that is missing (Redis 6.2, fakeredis) the
 -- publish itself is the check, so callers publish before their real writes.
+--
+-- Which command: a hash-tagged channel is the channel of a hash slot, which the client
+-- names only on Redis Cluster (redisbreaker/keys.py): there PUBLISH would be broadcast
+-- to every node, so it goes by SPUBLISH, which only the nodes of the slot's shard
+-- carry, where the server has it (Redis 7+; REDIS_VERSION_NUM is new in 7.0 too). On
+-- Redis 6.2 it falls back to PUBLISH on the same channel (broadcast, as before), and a
+-- channel without a tag (one server: standalone, Sentinel, fakeredis) always uses
+-- PUBLISH. The subscribers follow the same rule (redisbreaker/events.py).
 
-local PUBLISH_CMD = 'PUBLISH'
+local SHARDED_PUBSUB = (tonumber(redis.REDIS_VERSION_NUM) or 0) >= 0x070000
+
+local function publish_cmd(channel)
+  if SHARDED_PUBSUB and string.find(channel, '{', 1, true) then
+    return 'SPUBLISH'
+  end
+  return 'PUBLISH'
+end
 
 -- nil if this user may publish on `channel`; else the error reply to return before
 -- any write. The reply starts with NOPERM, as Redis's own refusal does, and names the
 -- command and channel (redisbreaker/outage.py reports it as a permission error).
 local function publish_refused(channel)
-  if redis.acl_check_cmd and not redis.acl_check_cmd(PUBLISH_CMD, channel, '') then
+  local cmd = publish_cmd(channel)
+  if redis.acl_check_cmd and not redis.acl_check_cmd(cmd, channel, '') then
     return redis.error_reply('NOPERM this user has no permissions to run the ' ..
-      "'" .. string.lower(PUBLISH_CMD) .. "' command on channel " .. channel)
+      "'" .. string.lower(cmd) .. "' command on channel " .. channel)
   end
   return nil
 end
 
 -- Publish `payload` on `channel`; a refusal raises (a script error).
 local function publish(channel, payload)
-  redis.call(PUBLISH_CMD, channel, payload)
+  redis.call(publish_cmd(channel), channel, payload)
 end
 
 -- Publish `payload` on `channel`; nil, or Redis's refusal as an error reply.
 local function try_publish(channel, payload)
-  local sent = redis.pcall(PUBLISH_CMD, channel, payload)
+  local sent = redis.pcall(publish_cmd(channel), channel, payload)
   if type(sent) == 'table' and sent['err'] then
     return redis.error_reply(sent['err'])
   end

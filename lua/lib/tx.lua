@@ -187,12 +187,12 @@ end
 local function tx_write(s)
   if s.decided_now then
     local refused = publish_refused(ARGV[2])
-    if refused then return {'noperm', PUBLISH_CMD .. ' ' .. ARGV[2], refused['err']} end
+    if refused then return {'noperm', publish_cmd(ARGV[2]) .. ' ' .. ARGV[2], refused['err']} end
     -- Only a pending transaction is decided, so this writes what is already there.
     redis.call('HSET', KEYS[1], 'outcome', 'pending')
     refused = try_publish(ARGV[2], mp_array({ARGV[3], s.outcome, s.kind, s.who,
       s.text, s.at, s.n, s.yes, s.no, s.deadline}))
-    if refused then return {'noperm', PUBLISH_CMD .. ' ' .. ARGV[2], refused['err']} end
+    if refused then return {'noperm', publish_cmd(ARGV[2]) .. ' ' .. ARGV[2], refused['err']} end
   end
   -- unpack() is bounded by the Lua stack, so long lists go in chunks; every chunk is the
   -- same command on the same key, so once the first is accepted the rest are too.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -14,6 +15,7 @@ import redis
 from redisbreaker import config, forking
 from redisbreaker.breaker_base import BreakerBase, decode
 from redisbreaker.breaker_core import SENDER_ROUNDS, ScriptCall, Ticket
+from redisbreaker.durability import marker_watch
 from redisbreaker.errors import STORAGE_ERRORS, StorageError
 from redisbreaker.events import async_hub_for
 from redisbreaker.state import Code, Snapshot, View
@@ -64,6 +66,17 @@ class SharedBreaker(BreakerBase):
         except redis.ResponseError:
             info = None
         self._server_checked(info)
+        await self._check_marker()
+
+    async def _check_marker(self) -> None:
+        """Read the prefix's marker (redisbreaker/durability.py): logs at ERROR if Redis
+        lost the data set since this process last looked."""
+        watch = marker_watch(self._client, self._core.keys.prefix)
+        try:
+            await watch.acheck(self._client)
+        except STORAGE_ERRORS:
+            return  # the scripts' own errors say what is wrong
+        self._core.data_lost_at_ms = watch.lost_at_ms
 
     async def _exchange(self, call: ScriptCall) -> View:
         core = self._core
@@ -96,7 +109,10 @@ class SharedBreaker(BreakerBase):
 
     async def _admit(self) -> Ticket:
         if self._epoch != forking.epoch:
-            self._bind()  # first use, or first use in a forked child: join its hub now
+            # First use, or first use in a forked child: join its hub now. (If the client
+            # cannot be made, the admit call below meets the same outage, and its policy.)
+            with contextlib.suppress(StorageError):
+                self._bind()
         core = self._core
         now = core.now()
         ticket = core.fast_admit(now)
@@ -161,7 +177,9 @@ class SharedBreaker(BreakerBase):
 
     async def snapshot(self) -> Snapshot:
         """The shared state now (one round trip). Raises StorageError if Redis is down."""
-        return self._core.snapshot(await self._exchange(self._core.snapshot_call()))
+        view = await self._exchange(self._core.snapshot_call())
+        await self._check_marker()
+        return self._core.snapshot(view)
 
     async def sync(self) -> Snapshot:
         """Send this process's pending outcomes and refresh the cached view now.

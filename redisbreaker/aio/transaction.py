@@ -40,11 +40,12 @@ class Transaction(
         return work
 
     async def _eval(self, call: core.Call) -> Any:
+        args = (call.script.sha, 1, self._keys.key, *self._argv(call))
         try:
-            return await self.client.evalsha(call.script.sha, 1, self._keys.key, *call.args)
+            return await self.client.evalsha(*args)
         except redis.exceptions.NoScriptError:
             await self.client.script_load(call.script.text)
-        return await self.client.evalsha(call.script.sha, 1, self._keys.key, *call.args)
+        return await self.client.evalsha(*args)
 
     def _sleep(self, seconds: float) -> Awaitable[None]:
         return asyncio.sleep(seconds)
@@ -53,7 +54,7 @@ class Transaction(
         return events.async_hub_for(self.client)
 
     def _waiter(self) -> Waiter:
-        return Waiter(self.id, asyncio.Event(), self._hub().connected)
+        return Waiter(self.id, asyncio.Event(), self._hub().ready(self.channel))
 
     async def _until_woken(self, waiter: Waiter, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -23,6 +23,7 @@ except ImportError as missing:  # pragma: no cover - the message is the point
     ) from missing
 
 from redisbreaker.breaker_core import set_process_label
+from redisbreaker.celery.censor import censor_settings
 from redisbreaker.celery.deadletter import (
     Attempt,
     DeadLetter,
@@ -56,6 +57,9 @@ __all__ = [
     "SCOPES",
     "ON_OPEN",
 ]
+
+
+censor_settings()
 
 
 def install(app: Any) -> None:

@@ -52,7 +52,7 @@ from redisbreaker import scripts
 from redisbreaker.celery.settings import settings_for
 from redisbreaker.errors import STORAGE_ERRORS, CircuitOpenError, ConfigurationError, StorageError
 from redisbreaker.keys import DEFAULT_PREFIX, KeySpace
-from redisbreaker.outage import describe
+from redisbreaker.outage import describe, diagnose
 from redisbreaker.state import text_of
 
 log = logging.getLogger("redisbreaker.celery")
@@ -116,7 +116,7 @@ def attempts(task_id: str, app: Celery | None = None) -> list[Attempt]:
     try:
         raw = conf.client().lrange(_attempt_key(conf.prefix, task_id), 0, -1)
     except STORAGE_ERRORS as exc:
-        raise StorageError(f"attempts of {task_id!r}: {describe(exc)}") from exc
+        raise StorageError(f"attempts of {task_id!r}: {diagnose(exc)}") from exc
     return [a for a in map(_decode_attempt, raw) if a is not None]
 
 
@@ -290,7 +290,7 @@ class DeadLetters:
                 args=["", self.maxlen, fields["id"], *flat],
             )
         except STORAGE_ERRORS as exc:
-            raise StorageError(f"dead letter of {fields['id']!r}: {describe(exc)}") from exc
+            raise StorageError(f"dead letter of {fields['id']!r}: {diagnose(exc)}") from exc
         return f"{queue}/{text_of(entry)}", bool(added)
 
     # -- reading -----------------------------------------------------------------
@@ -315,7 +315,7 @@ class DeadLetters:
                 length = int(self.client.xlen(s_key))
                 counts = {text_of(k): int(v) for k, v in self.client.hgetall(n_key).items()}
             except STORAGE_ERRORS as exc:
-                raise StorageError(f"dead-letter stats: {describe(exc)}") from exc
+                raise StorageError(f"dead-letter stats: {diagnose(exc)}") from exc
             kinds = ("added", "dropped", "replayed", "purged")
             out[q] = {"entries": length, **{k: counts.get(k, 0) for k in kinds}}
         return out
@@ -329,7 +329,7 @@ class DeadLetters:
                 rows = self.client.xrange(s_key)
                 claimed = {text_of(k) for k in self.client.hkeys(c_key)}
             except STORAGE_ERRORS as exc:
-                raise StorageError(f"dead letters of {q!r}: {describe(exc)}") from exc
+                raise StorageError(f"dead letters of {q!r}: {diagnose(exc)}") from exc
             for sid, fields in rows:
                 entry = _entry(q, text_of(sid), fields, text_of(sid) in claimed)
                 if task is None or entry.task == task:
@@ -342,7 +342,7 @@ class DeadLetters:
         try:
             rows = self.client.xrange(s_key, sid, sid)
         except STORAGE_ERRORS as exc:
-            raise StorageError(f"dead letter {entry_id!r}: {describe(exc)}") from exc
+            raise StorageError(f"dead letter {entry_id!r}: {diagnose(exc)}") from exc
         if not rows:
             raise UnknownDeadLetterError(f"no dead letter {entry_id!r}")
         return _entry(queue, sid, rows[0][1], False)
@@ -373,7 +373,7 @@ class DeadLetters:
         try:
             reply = self._script("dlq_claim")(keys=keys, args=["", sid, token, REPLAY_LEASE_MS])
         except STORAGE_ERRORS as exc:
-            raise StorageError(f"replay of {entry_id!r}: {describe(exc)}") from exc
+            raise StorageError(f"replay of {entry_id!r}: {diagnose(exc)}") from exc
         code = text_of(reply[0])
         if code == "gone":
             return None
@@ -407,7 +407,7 @@ class DeadLetters:
                         args=["", "purged", "", *sids[start : start + 500]],
                     ))  # fmt: skip
                 except STORAGE_ERRORS as exc:
-                    raise StorageError(f"purge of {queue!r}: {describe(exc)}") from exc
+                    raise StorageError(f"purge of {queue!r}: {diagnose(exc)}") from exc
         return removed
 
 

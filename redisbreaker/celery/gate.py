@@ -28,8 +28,9 @@ from celery import bootsteps, signals
 
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.celery.scopes import MANUAL, scoped_name
-from redisbreaker.celery.settings import check_eviction, settings_for
+from redisbreaker.celery.settings import settings_for
 from redisbreaker.celery.task import ATTR, BreakerSpec, task_queues
+from redisbreaker.durability import eviction_risk, marker_watch
 from redisbreaker.errors import STORAGE_ERRORS, StorageError
 from redisbreaker.fleet import split_name
 from redisbreaker.keys import KeySpace
@@ -51,6 +52,7 @@ class Watch:
     queues: frozenset[str] | None  # None: every queue this worker consumes
     mode: str  # 'trial' (a task's breaker) or 'manual' (a manual pause)
     action: str = "resume"
+    generation: int = -1  # of the breaker, as the last claim reported
     deadline: float = 0.0  # monotonic end of the wait the last claim reported
     next_poll: float = 0.0
     dirty: bool = True
@@ -99,9 +101,12 @@ class GateController:
         self.watches = self._build_watches()
         for watch in self.watches:
             watch.breaker.subscribe(self._make_listener(watch))
-            watch.breaker.connect()  # joins the pub/sub hub now, without a round trip
+            try:
+                watch.breaker.connect()  # joins the pub/sub hub now, without a round trip
+            except StorageError as exc:  # no Cluster node up yet: the polls will retry
+                rate_limited.warning("gate", "redisbreaker gate: %s", exc)
         signals.task_received.connect(self._on_received, weak=False)
-        warning = check_eviction(client)
+        warning = eviction_risk(client)
         if warning:
             logger.warning(warning)
         logger.info(
@@ -180,8 +185,11 @@ class GateController:
         }  # fmt: skip
         ttl_ms = round(max(3 * interval, 5.0) * 1000)
         key = KeySpace.of(self.settings.prefix, "gate", self.worker_id).key("hb")
+        client = self.settings.client()
         try:
-            self.settings.client().set(key, msgpack.packb(beat), px=ttl_ms)
+            client.set(key, msgpack.packb(beat), px=ttl_ms)
+            # Did Redis lose the data set? (logs at ERROR once if so)
+            marker_watch(client, self.settings.prefix).check(client)
         except STORAGE_ERRORS as exc:
             rate_limited.warning("gate-beat", "redisbreaker gate: heartbeat not written (%s)",
                                  describe(exc))  # fmt: skip
@@ -202,6 +210,10 @@ class GateController:
             return
         action, ms = verdict.action, verdict.ms
         self._clock = (verdict.server_ms, now)
+        lost = verdict.generation < watch.generation and watch.action == "wait"
+        if lost and self._pause_lost(watch, now):
+            return  # put back: the next poll reads it
+        watch.generation = verdict.generation
         if action != watch.action:
             logger.info(
                 "redisbreaker gate: %s: %s -> %s (%s)",
@@ -217,6 +229,41 @@ class GateController:
         else:
             watch.deadline = 0.0
             watch.next_poll = now + interval
+
+    def _pause_lost(self, watch: Watch, now: float) -> bool:
+        """Redis lost the state of a breaker that keeps this worker paused (its
+        generation went back: evicted, or the data set was lost). Say so at ERROR; a
+        manual pause is an operator's decision that nothing has reversed, so put it back
+        as it was (until resume(), or for the time it had left). True if put back."""
+        name = watch.breaker.name
+        if watch.mode != "manual":
+            logger.error(
+                "redisbreaker gate: %s: the state of breaker %r is gone from Redis while it "
+                "kept this worker paused (evicted, or Redis lost its data; see "
+                "docs/redis.md); it starts again closed", self.worker_id, name,
+            )  # fmt: skip
+            return False
+        left = watch.deadline - now if watch.deadline else None
+        if left is not None and left <= 0:
+            return False  # it was ending anyway
+        reason = f"put back by {self.worker_id}: Redis lost this pause"
+        try:
+            if left is None:
+                watch.breaker.force_open(reason=reason)
+            else:
+                watch.breaker.open(left, reason=reason)
+        except StorageError as exc:
+            logger.error("redisbreaker gate: %s: could not put back the pause %r (%s)",
+                         self.worker_id, name, exc)  # fmt: skip
+            return False
+        logger.error(
+            "redisbreaker gate: %s: Redis lost the manual pause %r (evicted, or Redis lost "
+            "its data; see docs/redis.md); put it back %s", self.worker_id, name,
+            "until resume()" if left is None else f"for the {left:.1f}s it had left",
+        )  # fmt: skip
+        watch.dirty = True
+        watch.generation = -1
+        return True
 
     def _decide(self) -> None:
         paused: set[str] = set()

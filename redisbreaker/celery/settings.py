@@ -8,19 +8,16 @@ never reuses a connection it inherited from its parent.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from redisbreaker import config
+from redisbreaker import config, sentinel
 from redisbreaker.errors import ConfigurationError
 from redisbreaker.keys import validate_prefix
 from redisbreaker.options import OutagePolicy, outage_policy
-
-logger = logging.getLogger("redisbreaker.celery")
 
 _ATTR = "_redisbreaker_settings"
 
@@ -71,7 +68,9 @@ class Settings:
     1. an explicit ``client=`` argument (in the call that takes it);
     2. ``app.conf.redisbreaker_url``;
     3. ``redisbreaker.configure(...)`` or the ``REDISBREAKER_URL`` environment variable;
-    4. the broker URL, when the broker is Redis.
+    4. the broker URL, when the broker is Redis, or Redis Sentinel in kombu's spelling
+       (``sentinel://host:port;sentinel://...`` with
+       ``broker_transport_options["master_name"]``): the same sentinels and master.
 
     The key prefix follows the same order: ``redisbreaker_prefix``, then
     ``configure(prefix=...)`` or ``REDISBREAKER_PREFIX``, then ``"rb:"``.
@@ -90,6 +89,8 @@ class Settings:
     dead_letter: bool = False
     dead_letter_maxlen: int = 10_000
     attempts_ttl: float = 7 * 86_400.0
+    # Client options that come with broker_url (a Sentinel broker's passwords and TLS).
+    broker_options: dict[str, Any] = field(default_factory=dict, repr=False)
     _clients: dict[int, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -112,14 +113,19 @@ class Settings:
         hostname = conf.get("redisbreaker_hostname") or socket.gethostname()
         if not isinstance(hostname, str):
             raise ConfigurationError(f"redisbreaker_hostname must be a str, got {hostname!r}")
+        options = conf.get("broker_transport_options") or {}
         broker = broker_redis_url(conf.get("broker_url"))
+        broker_options: dict[str, Any] = {}
+        found = sentinel.from_kombu(conf.get("broker_url"), options, conf.get("broker_use_ssl"))
+        if found is not None:  # credentials travel in the options, never in the URL
+            broker, broker_options = found.url, found.options
         visibility: float | None = None
         if broker is not None:
-            options = conf.get("broker_transport_options") or {}
             visibility = float(options.get("visibility_timeout", 3600))
         return cls(
             conf_url=url,
             broker_url=broker,
+            broker_options=broker_options,
             conf_prefix=prefix,
             socket_timeout=_number(conf, "redisbreaker_socket_timeout", 2.0),
             connect_timeout=_number(conf, "redisbreaker_connect_timeout", 2.0),
@@ -158,16 +164,21 @@ class Settings:
             raise ConfigurationError(
                 "redisbreaker: no Redis configured: set app.conf.redisbreaker_url, call "
                 "redisbreaker.configure(url=...) or set REDISBREAKER_URL (the broker is not "
-                "Redis, so its URL cannot be reused)"
+                "Redis, nor Sentinel with broker_transport_options['master_name'], so its URL "
+                "cannot be reused)"
             )
         pid = os.getpid()
         with self._lock:
             found = self._clients.get(pid)
             if found is None:
+                extra = self.broker_options if self.conf_url is None else {}
                 found = config.client_from_url(
                     url,
-                    socket_timeout=self.socket_timeout,
-                    socket_connect_timeout=self.connect_timeout,
+                    **{
+                        **extra,
+                        "socket_timeout": self.socket_timeout,
+                        "socket_connect_timeout": self.connect_timeout,
+                    },
                 )
                 # A client inherited across fork is dropped, never closed: closing
                 # would shut sockets the parent still uses.
@@ -198,23 +209,3 @@ def settings_for(app: Any) -> Settings:
         found = Settings.from_conf(app.conf)
         setattr(app, _ATTR, found)
     return found
-
-
-def check_eviction(client: Any) -> str | None:
-    """A warning if Redis may evict breaker keys (they carry TTLs, so only
-    ``noeviction`` is safe); ``None`` if it is safe or cannot be told."""
-    try:
-        reply = client.config_get("maxmemory-policy")
-    except Exception as exc:  # managed Redis often disables CONFIG: say so at debug level
-        logger.debug("redisbreaker: cannot read maxmemory-policy: %r", exc)
-        return None
-    policy = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
-    if isinstance(policy, bytes):
-        policy = policy.decode()
-    if policy and policy != "noeviction":
-        return (
-            f"redisbreaker: Redis maxmemory-policy is {policy!r}: under memory pressure it "
-            "may evict breaker keys, which silently closes open breakers and ends pauses. "
-            "Use 'noeviction' (or a Redis of its own) for redisbreaker_url."
-        )
-    return None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,12 +17,14 @@ from redisbreaker.breaker_core import decode_event
 from redisbreaker.cli import cli, target
 from redisbreaker.cli.output import table, when
 from redisbreaker.errors import ConfigurationError
+from redisbreaker.events import PrefixFeed
 from redisbreaker.fleet import PAUSE, BreakerInfo, Fleet, UnknownBreakerError, join_name
 from redisbreaker.options import open_seconds
-from redisbreaker.state import text_of
-from redisbreaker.tx_core import parse_message
+from redisbreaker.tx_waiters import decode
 
 SCOPES = ("cluster", "worker", "host", "queue")
+# How long `watch` waits for its subscriptions (on a Cluster: 32,768 of them).
+SUBSCRIBE_WAIT = 30.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -72,12 +75,19 @@ def _show(info: BreakerInfo, as_json: bool) -> None:
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool) -> None:
     """List every breaker (and manual pause) under the prefix."""
-    breakers = target(ctx).fleet.breakers()
+    fleet = target(ctx).fleet
+    breakers = fleet.breakers()
     if as_json:
         click.echo(json.dumps([b.as_dict() for b in breakers], indent=2, default=str))
-        return
-    header = ["NAME", "SCOPE", "STATE", "RETRY", "FAIL%", "CALLS", "TRIPS", "REASON"]
-    click.echo(table(header, [_row(b) for b in breakers]))
+    else:
+        header = ["NAME", "SCOPE", "STATE", "RETRY", "FAIL%", "CALLS", "TRIPS", "REASON"]
+        click.echo(table(header, [_row(b) for b in breakers]))
+    data = fleet.data_set()
+    if data is not None and data.replaced_a_lost_one:
+        click.echo(
+            f"warning: Redis lost the data under this prefix; found at {when(data.lost_at_ms)} "
+            f"by {data.created_by} (see docs/redis.md)", err=True,
+        )  # fmt: skip
 
 
 def _name_and_scope(f: Any) -> Any:
@@ -239,38 +249,39 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 def watch(ctx: click.Context, count: int | None, timeout: float | None) -> None:
     """Print breaker transitions and transaction decisions as they happen."""
     t = target(ctx)
-    channels = {f"{t.prefix}cb:events": "cb", f"{t.prefix}tx:events": "tx"}
-    pubsub = t.client.pubsub()
-    try:
-        pubsub.subscribe(*channels)
-    except Exception as exc:  # the client's own error, as one line
-        raise ConfigurationError(f"cannot subscribe: {exc}") from exc
+    events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    feed = PrefixFeed(
+        t.client, t.prefix, {"cb": decode_event, "tx": decode},
+        lambda kind, message: events.put((kind, message)),
+    )  # fmt: skip
     end = None if timeout is None else time.monotonic() + timeout
     seen = 0
-    click.echo(f"watching {', '.join(channels)} (Ctrl-C to stop)", err=True)
     try:
+        # "watching" is said once every subscription is confirmed (a positive signal).
+        wait = SUBSCRIBE_WAIT if end is None else min(SUBSCRIBE_WAIT, end - time.monotonic())
+        if not feed.connected.wait(max(0.0, wait)):
+            raise ConfigurationError(
+                f"cannot subscribe to the events of prefix {t.prefix!r}: Redis did not "
+                f"confirm the subscriptions within {max(0.0, wait):g}s"
+            )
+        click.echo(f"watching {t.prefix}cb and {t.prefix}tx events (Ctrl-C to stop)", err=True)
         while (count is None or seen < count) and (end is None or time.monotonic() < end):
-            message = pubsub.get_message(timeout=0.5)
-            if not message or message.get("type") != "message":
+            try:
+                kind, message = events.get(timeout=0.5)
+            except queue.Empty:
                 continue
-            line = _event_line(channels.get(text_of(message["channel"]), ""), message["data"])
-            if line:
-                seen += 1
-                click.echo(line)
+            seen += 1
+            click.echo(_event_line(kind, message))
     except KeyboardInterrupt:
         pass
     finally:
-        pubsub.close()
+        feed.close()
 
 
-def _event_line(kind: str, data: bytes) -> str | None:
+def _event_line(kind: str, message: Any) -> str:
     stamp = datetime.now(UTC).strftime("%H:%M:%S")
     if kind == "cb":
-        decoded = decode_event(data)
-        if decoded is None:
-            return None
-        _, e = decoded
+        e = message
         retry = f", retry in {e.retry_after:.1f}s" if e.retry_after else ""
         return f"{stamp} breaker {e.name}: {e.old.value} -> {e.new.value}{retry} ({e.origin})"
-    decision = parse_message(data)
-    return None if decision is None else f"{stamp} {decision.describe()}"
+    return f"{stamp} {message.describe()}"

@@ -3,8 +3,9 @@
 Everything shown is read from Redis through :class:`~redisbreaker.fleet.Fleet`, so
 any number of dashboards can run beside the fleet and none holds state of its own
 beyond the last 100 pub/sub events. Breaker transitions and transaction decisions
-arrive on pub/sub (one background thread with the fleet's sync client) and push a
-fresh state to every open page at once; otherwise each page gets one per second.
+arrive on pub/sub (background threads with the fleet's sync client, see
+:class:`~redisbreaker.events.PrefixFeed`) and push a fresh state to every open page at
+once; otherwise each page gets one per second.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -32,16 +33,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.breaker_core import decode_event
 from redisbreaker.errors import ConfigurationError, StorageError
+from redisbreaker.events import PrefixFeed
 from redisbreaker.fleet import PAUSE, Fleet, UnknownBreakerError, join_name, split_name
 from redisbreaker.options import open_seconds
-from redisbreaker.tx_core import parse_message
+from redisbreaker.state import Transition
+from redisbreaker.tx_core import Decision
+from redisbreaker.tx_waiters import decode
 
 logger = logging.getLogger("redisbreaker.serve")
 
 RECENT = 100  # events kept for pages that connect later
 PERIOD = 1.0  # seconds between full states when nothing happens
 PAUSE_SCOPES = ("worker", "host", "queue", "cluster")
-_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -58,33 +61,38 @@ _HEADERS = {
 class EventFeed:
     """The fleet's pub/sub events: the recent ones, and a wake-up for every open stream.
 
-    A sync thread rather than ``redis.asyncio`` so that the feed uses the very client
-    the fleet was given (plain Redis, Cluster or fakeredis alike).
+    Sync threads (a :class:`~redisbreaker.events.PrefixFeed`) rather than
+    ``redis.asyncio``, so that the feed uses the very client the fleet was given (plain
+    Redis, Cluster or fakeredis alike); on a Cluster it hears every hash slot's channel.
     """
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self.channels = (f"{fleet.prefix}cb:events", f"{fleet.prefix}tx:events")
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.connected = threading.Event()  # set while the subscription is confirmed
-        self._thread: threading.Thread | None = None
+        self._feed: PrefixFeed | None = None
+        self._idle = threading.Event()  # what `connected` is before start(): never set
         self._loop: asyncio.AbstractEventLoop | None = None
         self._streams: set[asyncio.Event] = set()  # touched on the loop's thread only
+        self._waking = False  # a wake-up is queued on the loop (resets come in bursts)
         self.closing = False  # the server is stopping: streams end
+
+    @property
+    def connected(self) -> threading.Event:
+        """Set while every subscription is confirmed."""
+        return cast(threading.Event, self._feed.connected if self._feed else self._idle)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="redisbreaker-serve", daemon=True)
-        self._thread.start()
+        self._feed = PrefixFeed(
+            self.fleet.client, self.fleet.prefix, {"cb": decode_event, "tx": decode},
+            self._record, self._announce,  # a (re)subscription: whatever happened shows now
+        )  # fmt: skip
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
 
     def recent(self) -> list[dict[str, Any]]:
         """The kept events, newest first."""
@@ -106,59 +114,26 @@ class EventFeed:
         self._wake_all()
 
     def _wake_all(self) -> None:
+        self._waking = False
         for wake in self._streams:
             wake.set()
 
     def _announce(self) -> None:
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._wake_all)
-
-    def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            pubsub = self.fleet.client.pubsub()
-            try:
-                pubsub.subscribe(*self.channels)
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is None:
-                        continue
-                    if message.get("type") == "subscribe":
-                        attempt = 0
-                        if message.get("data") == len(self.channels):
-                            self.connected.set()
-                        self._announce()  # whatever happened while away shows now
-                    elif message.get("type") == "message":
-                        self._record(message["channel"], message["data"])
-            except Exception as exc:  # the feed must outlive any Redis outage
-                self.connected.clear()
-                logger.warning("dashboard pub/sub connection lost (%r); reconnecting", exc)
-                self._stop.wait(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
-                attempt += 1
-            finally:
-                self.connected.clear()
-                with contextlib.suppress(Exception):
-                    pubsub.close()
-
-    def _record(self, channel: Any, data: Any) -> None:
-        if not isinstance(data, bytes):
+        if self._waking or loop is None or loop.is_closed():
             return
-        name = channel.decode() if isinstance(channel, bytes) else str(channel)
-        event = (_breaker_event if name == self.channels[0] else _tx_event)(data)
-        if event is None:
-            return
+        self._waking = True
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._wake_all)
+
+    def _record(self, kind: str, message: Any) -> None:
+        event = _breaker_event(message) if kind == "cb" else _tx_event(message)
         with self._lock:
             self._recent.append(event)
         self._announce()
 
 
-def _breaker_event(data: bytes) -> dict[str, Any] | None:
-    decoded = decode_event(data)
-    if decoded is None:
-        return None
-    move = decoded[1]
+def _breaker_event(move: Transition) -> dict[str, Any]:
     name, scope, key = split_name(move.name)
     return {
         "kind": "breaker", "name": name, "scope": scope, "scope_key": key,
@@ -167,10 +142,7 @@ def _breaker_event(data: bytes) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def _tx_event(data: bytes) -> dict[str, Any] | None:
-    decision = parse_message(data)
-    if decision is None:
-        return None
+def _tx_event(decision: Decision) -> dict[str, Any]:
     return {
         "kind": "transaction", "tx_id": decision.tx_id, "outcome": decision.outcome.value,
         "reason": decision.reason or "", "participant": decision.participant or "",

@@ -41,6 +41,7 @@ def test_scripts_use_only_what_they_declare() -> None:
             "-- dlq_remove: take entries out of a dead-letter stream, after a replay or a purge.",
         ),
         "attempt_": ("--! use: clock",),
+        "marker": ("--! use: clock",),
     }
     for path in LUA.glob("*.lua"):
         first = path.read_text().splitlines()[0]

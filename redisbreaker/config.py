@@ -45,6 +45,7 @@ logger = logging.getLogger("redisbreaker")
 
 ENV_URL = "REDISBREAKER_URL"
 ENV_PREFIX = "REDISBREAKER_PREFIX"
+ENV_COMMIT_REPLICAS = "REDISBREAKER_COMMIT_REPLICAS"
 
 _SCHEMES = (
     "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", *sentinel.SCHEMES, "fakeredis",
@@ -269,6 +270,7 @@ class _Defaults:
         self.prefix: str = DEFAULT_PREFIX
         self.client: SyncClient | None = None
         self.options: dict[str, Any] = {}
+        self.commit_replicas: int | None = None
 
     def __repr__(self) -> str:
         shown = redact_url(self.url) if self.url else None
@@ -283,9 +285,12 @@ def configure(
     *,
     client: SyncClient | None = None,
     prefix: str | None = None,
+    commit_replicas: int | None = None,
     **client_options: Any,
 ) -> None:
-    """Set the default Redis client and key prefix used when ``client=`` is not given.
+    """Set the default Redis client and key prefix used when ``client=`` is not given,
+    and ``commit_replicas`` for transactions (how many replicas must have a COMMIT
+    before it is handed over; see docs/redis.md).
 
     Validates eagerly: a bad URL or prefix raises :class:`ConfigurationError` here,
     not at first use. No connection is made.
@@ -294,6 +299,8 @@ def configure(
         raise ConfigurationError("configure() takes url= or client=, not both")
     if url is not None:
         parse_url(url)
+    if commit_replicas is not None:
+        _defaults.commit_replicas = validate_commit_replicas(commit_replicas)
     new_prefix = validate_prefix(prefix) if prefix is not None else None
     with _defaults.lock:
         if url is not None or client is not None:
@@ -355,6 +362,29 @@ def is_configured() -> bool:
     return bool(_defaults.client is not None or _defaults.url or os.environ.get(ENV_URL))
 
 
+def default_commit_replicas() -> int:
+    """``configure(commit_replicas=...)``, else ``REDISBREAKER_COMMIT_REPLICAS``, else 0."""
+    if _defaults.commit_replicas is not None:
+        return _defaults.commit_replicas
+    env = os.environ.get(ENV_COMMIT_REPLICAS)
+    return validate_commit_replicas(env, ENV_COMMIT_REPLICAS) if env else 0
+
+
+# The most replicas a commit can wait for (Redis has no practical use for more).
+MAX_COMMIT_REPLICAS = 64
+
+
+def validate_commit_replicas(value: object, what: str = "commit_replicas") -> int:
+    """How many replicas must have a transaction's COMMIT before it is handed over."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{what} must be a whole number, got {value!r}")
+    if not 0 <= value <= MAX_COMMIT_REPLICAS:
+        raise ConfigurationError(f"{what} must be from 0 to {MAX_COMMIT_REPLICAS}, got {value!r}")
+    return value
+
+
 def default_prefix() -> str:
     env = os.environ.get(ENV_PREFIX)
     if _defaults.prefix == DEFAULT_PREFIX and env:
@@ -376,6 +406,7 @@ def reset() -> None:
         _defaults.client = None
         _defaults.prefix = DEFAULT_PREFIX
         _defaults.options = {}
+        _defaults.commit_replicas = None
         _async_clients.clear()
     with _fake_lock:
         _fake_servers.clear()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+import redis.cluster
 import redis.exceptions
 
 from redisbreaker import events
@@ -56,6 +57,30 @@ class Transaction(
         except redis.exceptions.NoScriptError:
             self.client.script_load(call.script.text)
             return Immediate(self.client.evalsha(*args))
+
+    def _confirm(self, replicas: int, wait_ms: int) -> Immediate[tuple[bool, int]]:
+        script = core.script("tx_confirm")
+        client = self.client
+        if isinstance(client, redis.cluster.RedisCluster):  # the key's master, directly
+            node = client.get_node_from_key(self._keys.key)  # type: ignore[no-untyped-call]
+            client = client.get_redis_connection(node)
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)  # one connection: WAIT counts its writes
+            pipe.evalsha(script.sha, 1, self._keys.key, *self._argv(core.confirm_call()))
+            pipe.execute_command("WAIT", replicas, wait_ms)
+            try:
+                still, acked = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                client.script_load(script.text)
+            except redis.exceptions.MovedError:  # a failover moved the slot: learn where
+                if isinstance(self.client, redis.cluster.RedisCluster):
+                    self.client.nodes_manager.initialize()
+                raise
+            else:
+                return Immediate((bool(still), int(acked)))
+        raise AssertionError("unreachable")
 
     def _sleep(self, seconds: float) -> Immediate[None]:
         time.sleep(seconds)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from redisbreaker import tx_core as core
-from redisbreaker.config import default_prefix
+from redisbreaker.config import default_commit_replicas, default_prefix
 from redisbreaker.errors import StorageError, TransactionError
 from redisbreaker.events import Hub
 from redisbreaker.tx_core import Claim, Decision, Outcome, ParticipantId
@@ -60,14 +60,20 @@ class TransactionApi(
     ``client`` defaults to the configured one (resolved on first use), ``prefix`` to
     the configured prefix. ``grace`` is how long (seconds) after the transaction's
     deadline a call keeps retrying while Redis does not answer, before it raises
-    :class:`~redisbreaker.errors.TransactionUnavailableError`.
+    :class:`~redisbreaker.errors.TransactionUnavailableError`. ``commit_replicas``
+    (default: ``configure(commit_replicas=...)``, else 0) is how many replicas must
+    have a COMMIT before a call hands it over (docs/redis.md): Redis replicates
+    asynchronously, and a commit the master loses in a failover must not be acted on.
     """
 
     def __init__(
         self, tx_id: str | bytes, *, client: Any = None, prefix: str | None = None,
-        grace: float = core.DEFAULT_GRACE,
+        grace: float = core.DEFAULT_GRACE, commit_replicas: int | None = None,
     ) -> None:  # fmt: skip
-        self._setup(tx_id, prefix if prefix is not None else default_prefix(), grace, client)
+        replicas = default_commit_replicas() if commit_replicas is None else commit_replicas
+        self._setup(
+            tx_id, prefix if prefix is not None else default_prefix(), grace, client, replicas
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.Transaction {self.id!r}>"
@@ -106,14 +112,25 @@ class TransactionApi(
         """Call a user's ``commit``/``rollback`` (and await it in asyncio)."""
         raise NotImplementedError
 
+    def _confirm(self, replicas: int, wait_ms: int) -> Awaitable[tuple[bool, int]]:
+        """Run ``tx_confirm`` and then ``WAIT replicas wait_ms`` on one connection to
+        the transaction's master: (still committed there, replicas that acknowledged)."""
+        raise NotImplementedError
+
     # -- running plans ---------------------------------------------------------------------
 
-    async def _execute(self, plan: core.Plan[T], waiter: Waiter | None = None) -> T:
-        """Interpret ``plan`` until it is done; sleeps wake early on ``waiter``."""
+    async def _execute(
+        self, plan: core.Plan[T], waiter: Waiter | None = None, *, confirm: bool = True
+    ) -> T:
+        """Interpret ``plan`` until it is done; sleeps wake early on ``waiter``. A
+        COMMIT it ends with is confirmed on replicas first, when asked (``confirm``
+        is False where nothing is acted on: a tally, an ack after the work)."""
         ready = waiter.ready if waiter is not None else None
         while True:
             step = plan.next(time.monotonic(), ready is None or ready.is_set())
             if isinstance(step, core.Done):
+                if confirm and core.to_confirm(step.value, self.commit_replicas):
+                    await self._confirmed()
                 return step.value
             if isinstance(step, core.Call):
                 try:
@@ -127,6 +144,30 @@ class TransactionApi(
             else:
                 await self._until_woken(waiter, step.seconds)
                 plan.woke(waiter.take(), time.monotonic())
+
+    async def _confirmed(self) -> None:
+        """Return once ``commit_replicas`` replicas have the commit just read; raise
+        :class:`~redisbreaker.errors.TransactionUnavailableError` if the master no
+        longer has it, or if the replicas do not confirm it within the call's budget
+        (the transaction's deadline plus ``grace``, as for every retried call)."""
+        n = self.commit_replicas
+        give_up = self._ctx.give_up_at(time.monotonic())
+        acked, attempt = -1, 0
+        while True:
+            try:
+                still, acked = await self._confirm(n, core.CONFIRM_WAIT_MS)
+            except Exception as exc:
+                if not core.is_transient(exc):
+                    raise core.storage_error(self.id, "confirming the commit", exc) from exc
+            else:
+                if not still:
+                    raise core.commit_lost(self.id)
+                if acked >= n:
+                    return
+            if time.monotonic() >= give_up:
+                raise core.unconfirmed(self.id, n, acked)
+            await self._sleep(core.backoff(attempt))
+            attempt += 1
 
     async def _waiting(self, plan: core.Waiting) -> Decision:
         """Run a waiting plan registered on the hub, so a published decision wakes it.
@@ -143,7 +184,7 @@ class TransactionApi(
             hub.remove(channel, self.id, waiter)
 
     async def _then(self, plan: core.Plan[T], fn: Callable[[T], Any]) -> Any:
-        return fn(await self._execute(plan))
+        return fn(await self._execute(plan, confirm=False))
 
     async def _create(self, s: core.BeginSettings) -> TransactionApi[Any, Any, Any, Any, Any, Any]:
         plan = self._begin_plan(s.n, s.names, s.timeout_ms, s.keep_ms, s.payload, s.hint,
@@ -167,6 +208,7 @@ class TransactionApi(
         timeout_hint: str = "",
         clock_ms: core.ClockMs | None = None,
         grace: float = core.DEFAULT_GRACE,
+        commit_replicas: int | None = None,
     ) -> HandleR:
         """Create a transaction of ``participants`` (a count, or their ids).
 
@@ -177,7 +219,7 @@ class TransactionApi(
         """
         s = core.begin_settings(participants, timeout, keep, payload, timeout_hint)
         tx_id = tx_id if tx_id is not None else core.new_id()
-        tx = cls(tx_id, client=client, prefix=prefix, grace=grace)
+        tx = cls(tx_id, client=client, prefix=prefix, grace=grace, commit_replicas=commit_replicas)
         tx._clock_ms = clock_ms
         return cast("HandleR", tx._finish(tx._create(s)))
 
@@ -212,9 +254,8 @@ class TransactionApi(
 
     def ack(self, participant: ParticipantId) -> DecisionR:
         """Report ``participant``'s commit or rollback done (counted once)."""
-        return cast(
-            "DecisionR", self._finish(self._execute(self._ack_plan(participant, time.monotonic())))
-        )
+        plan = self._ack_plan(participant, time.monotonic())
+        return cast("DecisionR", self._finish(self._execute(plan, confirm=False)))
 
     def payload(self) -> PayloadR:
         """The outcome so far and the ``payload`` given at :meth:`begin`."""
@@ -272,7 +313,7 @@ class TransactionApi(
                 raise core.in_doubt(self.id, p, exc) from exc
             await self._invoke(commit if decision.committed else rollback)
         with core.logged(self.id, p, "ack"):
-            job.decision = await self._execute(self._ack_plan(p, time.monotonic()))
+            job.decision = await self._execute(self._ack_plan(p, time.monotonic()), confirm=False)
             job.acked = True
 
     # -- handler dispatch (the Celery callback mode) ---------------------------------------

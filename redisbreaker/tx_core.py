@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 import msgpack
 import redis.exceptions as rx
 
+from redisbreaker.config import validate_commit_replicas
 from redisbreaker.errors import (
     ConfigurationError,
     CorruptStateError,
@@ -92,6 +93,7 @@ SCRIPT_NAMES = (
     "tx_claim",
     "tx_dispatched",
     "tx_payload",
+    "tx_confirm",
 )
 
 
@@ -550,6 +552,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     rx.TryAgainError,
     rx.ReadOnlyError,
     rx.RedisClusterException,
+    rx.AskError,  # MovedError too: a slot that moved in a failover (asked again)
 )
 # ConnectionError subclasses that retrying cannot fix.
 _REFUSED: tuple[type[BaseException], ...] = (
@@ -818,8 +821,11 @@ class TxBase:
     _clock_ms: ClockMs | None
     _given_client: Any
 
-    def _setup(self, tx: object, prefix: str, grace: object, client: Any) -> None:
+    def _setup(
+        self, tx: object, prefix: str, grace: object, client: Any, replicas: int = 0
+    ) -> None:
         self.id = tx_id(tx)
+        self.commit_replicas = validate_commit_replicas(replicas)
         self.prefix = prefix
         self._keys = Keys.of(prefix, self.id)
         self._ctx = Context(self.id, seconds(grace, "grace", MAX_GRACE))
@@ -957,6 +963,49 @@ class TxBase:
         else:
             first = self._status_plan(p, now, until)
         return Waiting(self._ctx, first, lambda at: self._status_plan(p, at, until), now, until)
+
+
+# --- confirming a commit on replicas (opt-in: commit_replicas) ----------------------
+
+# How long one WAIT waits for the replicas.
+CONFIRM_WAIT_MS = 1000
+
+
+def to_confirm(value: object, replicas: int) -> bool:
+    """Whether ``value`` (what a call is about to return) shows a commit that must be
+    confirmed on ``replicas`` replicas first. Only a commit needs it: acting on a
+    rollback that Redis then loses is safe, because the transaction still ends in
+    rollback (by its deadline), while a lost commit ends in rollback after someone
+    committed."""
+    if replicas <= 0:
+        return False
+    if isinstance(value, Decision | Claim):
+        return value.outcome is Outcome.COMMIT
+    return isinstance(value, tuple) and bool(value) and value[0] is Outcome.COMMIT
+
+
+def confirm_call() -> Call:
+    """The ``tx_confirm`` call (its ARGV is the tx head, unused by the script)."""
+    return Call(script("tx_confirm"), ["", "", ""])
+
+
+def commit_lost(tx: str) -> TransactionUnavailableError:
+    return TransactionUnavailableError(
+        f"transaction {tx!r}: the COMMIT this call read is no longer in Redis (it failed "
+        "over to a replica that did not have it yet); not handed over. Ask again: the "
+        "transaction ends as its replicas decide",
+        tx_id=tx, participant=None,
+    )  # fmt: skip
+
+
+def unconfirmed(tx: str, replicas: int, acked: int) -> TransactionUnavailableError:
+    seen = "no answer" if acked < 0 else f"{acked} acknowledged"
+    return TransactionUnavailableError(
+        f"transaction {tx!r}: decided COMMIT, but fewer than the {replicas} replica(s) "
+        f"commit_replicas asks for confirmed it in time ({seen}); not handed over, since "
+        "Redis could still lose it (are the replicas up? see docs/redis.md)",
+        tx_id=tx, participant=None,
+    )  # fmt: skip
 
 
 # --- blocking participation ---------------------------------------------------------

@@ -12,7 +12,9 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+import redis.asyncio.cluster
 import redis.exceptions
+from redis.asyncio.cluster import PipelineCommand
 
 from redisbreaker import events
 from redisbreaker import tx_core as core
@@ -46,6 +48,45 @@ class Transaction(
         except redis.exceptions.NoScriptError:
             await self.client.script_load(call.script.text)
         return await self.client.evalsha(*args)
+
+    async def _confirm(self, replicas: int, wait_ms: int) -> tuple[bool, int]:
+        script = core.script("tx_confirm")
+        args = (script.sha, 1, self._keys.key, *self._argv(core.confirm_call()))
+        for attempt in (1, 2):
+            try:
+                still, acked = await self._on_one_connection(
+                    ("EVALSHA", *args), ("WAIT", replicas, wait_ms)
+                )
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.client.script_load(script.text)
+            else:
+                return bool(still), int(acked)
+        raise AssertionError("unreachable")
+
+    async def _on_one_connection(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` on one connection to the transaction's master (WAIT counts
+        only that connection's writes); the first error is raised."""
+        client = self.client
+        if not isinstance(client, redis.asyncio.cluster.RedisCluster):
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
+        # The asyncio Cluster client's pipeline may split commands over connections:
+        # send them down one connection of the key's master.
+        node = client.get_node_from_key(self._keys.key)
+        if node is None:
+            raise redis.exceptions.ClusterDownError(f"no node serves {self._keys.key!r}")
+        batch = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+        await node.execute_pipeline(batch)
+        for sent in batch:
+            if isinstance(sent.result, redis.exceptions.MovedError):  # a failover moved
+                await client.nodes_manager.initialize()  # the slot: learn where
+            if isinstance(sent.result, Exception):
+                raise sent.result
+        return [sent.result for sent in batch]
 
     def _sleep(self, seconds: float) -> Awaitable[None]:
         return asyncio.sleep(seconds)

@@ -47,6 +47,13 @@ def _flag(conf: Any, key: str) -> bool:
     return value
 
 
+def _replicas(conf: Any) -> int | None:
+    value = conf.get("redisbreaker_commit_replicas")
+    if value is None:
+        return None
+    return config.validate_commit_replicas(value, "redisbreaker_commit_replicas")
+
+
 def broker_redis_url(broker_url: object) -> str | None:
     """The broker URL as a redis-py URL when the broker is Redis, else ``None``."""
     if not isinstance(broker_url, str) or "://" not in broker_url:
@@ -89,6 +96,7 @@ class Settings:
     dead_letter: bool = False
     dead_letter_maxlen: int = 10_000
     attempts_ttl: float = 7 * 86_400.0
+    commit_replicas: int | None = None  # None: configure() / the environment decides
     # Client options that come with broker_url (a Sentinel broker's passwords and TLS).
     broker_options: dict[str, Any] = field(default_factory=dict, repr=False)
     _clients: dict[int, Any] = field(default_factory=dict, repr=False)
@@ -139,6 +147,7 @@ class Settings:
                 _number(conf, "redisbreaker_dead_letter_maxlen", 10_000, low=0.5)
             ),
             attempts_ttl=_number(conf, "redisbreaker_attempts_ttl", 7 * 86_400.0),
+            commit_replicas=_replicas(conf),
         )
 
     @property

@@ -132,6 +132,7 @@ def transaction(
         tx_id,
         client=client if client is not None else conf.client(),
         prefix=prefix if prefix is not None else conf.prefix,
+        commit_replicas=conf.commit_replicas,
     )
 
 
@@ -187,6 +188,7 @@ def start_transaction(
         prefix=prefix if prefix is not None else conf.prefix,
         payload=payload,
         timeout_hint=core.BLOCKING_HINT if mode == "blocking" else "",
+        commit_replicas=conf.commit_replicas,
     )
     extra = {PREFIX_KWARG: tx.prefix} if own_prefix else {}
     try:

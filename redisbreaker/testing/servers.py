@@ -626,11 +626,16 @@ class RedisSentinel:
         names it as a master that is up and it reports the master role itself."""
         old = self.master()
         old.kill()
+        return self.wait_promoted(old.port, timeout)
+
+    def wait_promoted(self, old_port: int, timeout: float = 60.0) -> int:
+        """Wait until every sentinel names a master other than ``old_port`` that is up
+        and reports the master role itself; return its port."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError):
                 port = self._agreed_master()
-                if port is not None and port != old.port:
+                if port is not None and port != old_port:
                     node = next(n for n in self.nodes if n.port == port)
                     with self.client(node) as client:
                         if client.info("replication").get("role") == "master":

@@ -132,7 +132,7 @@ def run(cfg: Config) -> SuiteResult:
         title="Call overhead, closed state (µs per call; round trips per call)",
         columns=["library", "success µs", "success p99", "failure µs", "failure p99",
                  "x pybreaker-mem (success)", "x pybreaker+Redis (failure)",
-                 "rt/success", "rt/failure", "cmds/failure"],
+                 "rt/success", "rt/failure", "cmds/failure", "Redis µs/failure"],
     )  # fmt: skip
     pm = s("pybreaker in memory / success")
     pr = s("pybreaker + Redis / failure")
@@ -140,17 +140,17 @@ def run(cfg: Config) -> SuiteResult:
         ok, bad = s(f"{lib} / success"), s(f"{lib} / failure")
         if ok is None or bad is None or not ok.available:
             note = ok.note if ok else "not measured"
-            result.rows.append([lib, f"not available: {note}", *[""] * 8])
+            result.rows.append([lib, f"not available: {note}", *[""] * 9])
             continue
         result.rows.append([
             lib, fmt(ok.median_us), fmt(ok.p99_us), fmt(bad.median_us), fmt(bad.p99_us),
             fmt(ratio(ok, pm)), fmt(ratio(bad, pr)),
             fmt(ok.round_trips_per_call, 4), fmt(bad.round_trips_per_call, 4),
-            fmt(bad.commands_per_call, 2),
+            fmt(bad.commands_per_call, 2), fmt(bad.server_us_per_call, 1),
         ])  # fmt: skip
     g = s(get.name)
     g_us, g_p99 = (g.median_us, g.p99_us) if g else (None, None)
-    result.rows.append([get.name, fmt(g_us), fmt(g_p99), "", "", "", "", "1.0000", "", ""])
+    result.rows.append([get.name, fmt(g_us), fmt(g_p99), "", "", "", "", "1.0000", "", "", ""])
     rb_ok, rb_bad = s("redisbreaker / success"), s("redisbreaker / failure")
     result.targets = [
         check("success vs pybreaker in memory", "<= 1.0", ratio(rb_ok, pm), lambda v: v <= 1.0),
@@ -161,11 +161,14 @@ def run(cfg: Config) -> SuiteResult:
         check("round trips per failure", "== 1",
               rb_bad.round_trips_per_call if rb_bad else None, lambda v: abs(v - 1) < 0.005),
         check("failure vs pybreaker + Redis", "<= 0.5", ratio(rb_bad, pr), lambda v: v <= 0.5),
+        check("Redis time per recorded failure (µs)", "<= 10",
+              rb_bad.server_us_per_call if rb_bad else None, lambda v: v <= 10),
     ]  # fmt: skip
     result.notes = [
         "µs: median over interleaved rounds; p99 over calls timed one by one.",
         "rt: requests sent by the library's own client (a pipeline counts once); "
-        "cmds: INFO commandstats delta, including commands run inside Lua scripts.",
+        "cmds: INFO commandstats delta, including commands run inside Lua scripts; "
+        "Redis µs: the server's own time per call (a script's, commands inside included).",
         "interlock-cb coordinates only transitions through Redis; closed-state outcomes "
         "stay in its process (0 round trips), so its fleet-wide counts are not shared.",
         f"interlock-cb pinned at {INTERLOCK_VERSION}.",

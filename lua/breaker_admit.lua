@@ -2,12 +2,14 @@
 -- breaker_admit: may a call run now? Also reports the caller's queued outcomes and
 -- refreshes its cached view (the periodic sync of the hot path).
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua)
--- ARGV: [1..18] config; [OP] permit token; [OP+1..] the caller's outcome batch
+-- ARGV: [1..OP-1] the head (lua/lib/breaker.lua); [OP] permit token; [OP+1..] the caller's outcome batch
 --   (runs of four, see lua/lib/outcomes.lua; may be empty)
 -- Reply: the breaker reply; verdict 'allow' (closed or disabled), 'trial' (a half-open
 --   permit was leased to the token), or 'reject' (wait_ms until a call could pass).
 -- Atomic because: the open -> half-open move and the permit count must be decided by
 -- one caller at a time, or several processes would each run "the" trial call.
+local setup_error = breaker_setup(KEYS, ARGV)
+if setup_error then return setup_error end
 local bad = check_batch(OP + 1)
 if bad then return redis.error_reply(bad) end
 local now = now_ms(cfg.clock)

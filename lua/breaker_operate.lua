@@ -1,12 +1,14 @@
 --! use: breaker
 -- breaker_operate: an operator's command, applied cluster-wide.
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua)
--- ARGV: [1..20] config (ARGV[19] the operator, ARGV[20] the reason, '' if none);
+-- ARGV: [1..OP-1] the head (ARGV[7] the operator, ARGV[8] the reason, '' if none);
 --   [OP] command: 'force_open' | 'disable' | 'reset' | 'open';
 --   [OP+1] for 'open': how long to stay open, in ms (a manual pause that ends in half-open)
 -- Reply: the breaker reply, verdict ''.
 -- Atomic because: the state change, the cleared counters, the recorded reason and the
 -- published event must be seen together by every worker.
+local setup_error = breaker_setup(KEYS, ARGV)
+if setup_error then return setup_error end
 local now = now_ms(cfg.clock)
 local cmd = ARGV[OP]
 local ms = tonumber(ARGV[OP + 1])

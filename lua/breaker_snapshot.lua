@@ -1,12 +1,14 @@
 --! use: breaker
 -- breaker_snapshot: the shared state as it is now, for breaker.snapshot() and operators.
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua)
--- ARGV: [1..20] config
+-- ARGV: [1..OP-1] the head (lua/lib/breaker.lua)
 -- Reply: the breaker reply with wait_ms = time left open, verdict '', followed by the
 --   reason {why, why_text, why_err, why_by, why_at} ('' / 0 if none) and the time
 --   spent open including the current open period (ms).
 -- Atomic because: the time window is advanced and read in one step; a key that does
 -- not exist is reported as a fresh closed breaker and is not created.
+local setup_error = breaker_setup(KEYS, ARGV)
+if setup_error then return setup_error end
 local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end

@@ -4,7 +4,7 @@
 -- is seen on pub/sub, and when a pause deadline passes.
 -- KEYS: S, P, B, R (see lua/lib/breaker.lua), then last L, the gate's trial lease (a
 --   string "<worker id>|<generation of the open period it was taken in>", same hash tag).
--- ARGV: [1..18] config; [OP] worker id; [OP+1] lease ms; [OP+2] mode: 'trial' (a task
+-- ARGV: [1..OP-1] the head; [OP] worker id; [OP+1] lease ms; [OP+2] mode: 'trial' (a task
 --   breaker: one worker resumes for the half-open trial) or 'manual' (a manual pause:
 --   everyone resumes at the deadline).
 -- Reply: {action, generation, ms, now}: action 'resume' (closed or disabled: consume),
@@ -17,6 +17,8 @@
 -- call moves it to half-open, so the breaker's permit accounting stays the one source
 -- of truth). Like every breaker script, loading clears a window stored for other
 -- window settings (lua/lib/breaker.lua `load`).
+local setup_error = breaker_setup(KEYS, ARGV)
+if setup_error then return setup_error end
 local now = now_ms(cfg.clock)
 local s = load()
 if s.err then return s end

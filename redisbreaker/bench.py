@@ -97,14 +97,24 @@ def counting_client(url: str, **options: Any) -> tuple[redis.Redis, SendCounter]
     return client, counter
 
 
-def commandstats(client: redis.Redis) -> dict[str, int]:
-    """Calls per command since the server started (``INFO commandstats``)."""
+def commandstats(client: redis.Redis, what: str = "calls") -> dict[str, int]:
+    """Calls (or ``usec``: microseconds spent) per command since the server started
+    (``INFO commandstats``)."""
     raw: dict[str, Any] = client.info("commandstats")
     out: dict[str, int] = {}
     for key, value in raw.items():
         name = key.removeprefix("cmdstat_")
-        out[name] = int(value["calls"]) if isinstance(value, dict) else 0
+        out[name] = int(value[what]) if isinstance(value, dict) else 0
     return out
+
+
+def server_usec(calls: dict[str, int], usec: dict[str, int]) -> int:
+    """Redis's time for what was sent: a script's time includes the commands it ran
+    (which commandstats also counts on their own), so when scripts ran, only theirs."""
+    scripts = [k for k in SCRIPT_COMMANDS if calls.get(k)]
+    if scripts:
+        return sum(usec.get(k, 0) for k in scripts)
+    return sum(v for k, v in usec.items() if k != "info")
 
 
 # Commands that run a script: one round trip each, whatever the script calls inside.
@@ -174,6 +184,7 @@ class Stats:
     commands_per_call: float | None = None
     scripts_per_call: float | None = None
     round_trips_per_call: float | None = None
+    server_us_per_call: float | None = None  # Redis's own time (INFO commandstats usec)
     commands: dict[str, int] = field(default_factory=dict)
     note: str = ""
 
@@ -265,12 +276,13 @@ def count_round_trips(case: Case, stats: Stats, calls: int, info: redis.Redis) -
     """Run ``case`` ``calls`` times alone; store commands and round trips per call."""
     if not case.available or case.client is None:
         return
-    before = commandstats(info)
+    before, usec_before = commandstats(info), commandstats(info, "usec")
     sent = case.counter.sends if case.counter else 0
     for _ in range(calls):
         case.op()
-    after = commandstats(info)
+    after, usec_after = commandstats(info), commandstats(info, "usec")
     delta = commands_between(before, after)
+    stats.server_us_per_call = server_usec(delta, commands_between(usec_before, usec_after)) / calls
     stats.commands = delta
     stats.commands_per_call = sum(delta.values()) / calls
     stats.scripts_per_call = sum(delta.get(k, 0) for k in SCRIPT_COMMANDS) / calls

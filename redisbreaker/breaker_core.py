@@ -100,8 +100,13 @@ def failure_note(exc: BaseException) -> str:
         text = str(exc)
     except Exception:  # a broken __str__ must not break the outcome report
         text = ""
-    text = _CREDENTIALS.sub(r"\1***@", text.splitlines()[0] if text else "")
+    if text:
+        text = text.splitlines()[0] if "\n" in text else text
+        if "@" in text:  # (the common case, no URL with credentials, skips the regex)
+            text = _CREDENTIALS.sub(r"\1***@", text)
     note = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(note) <= NOTE_BYTES and note.isascii():  # (nothing to cut or to replace)
+        return note
     return note.encode("utf-8", "replace")[:NOTE_BYTES].decode("utf-8", "ignore")
 
 

@@ -86,7 +86,7 @@ class BreakerInfo:
     trips: int  # since it last closed
     totals: Totals
     reason: Reason
-    settings: str  # the settings stored with the state (ARGV[5..18] text)
+    settings: str  # the settings text stored with the state (options.settings_text)
     stored_name: str | bytes = field(repr=False, default="")
 
     @property

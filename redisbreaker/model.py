@@ -48,20 +48,22 @@ class _Cfg:
     permits: int
     lease_ms: int
     succ: int
-    settings: str  # ARGV[5..18] joined by ',', as the scripts store them
+    settings: str  # the settings text (ARGV[6]), as the scripts store it
     who: str
     note: str
 
     @classmethod
     def parse(cls, argv: Sequence[Any]) -> _Cfg:
-        """Read ARGV[1..18] as ``lua/lib/breaker.lua`` does."""
-        a = [x.decode("latin-1") if isinstance(x, bytes) else str(x) for x in argv[:20]]
+        """Read the call's head (ARGV[1..8]) as ``lua/lib/breaker.lua`` does; the
+        settings come as their text (ARGV[6])."""
+        a = [x.decode("latin-1") if isinstance(x, bytes) else str(x) for x in argv[:8]]
+        s = a[5].split(",")
         return cls(
-            rand=float(a[1]), fail_max=int(a[4]), wkind=int(a[5]), wsize=int(a[6]),
-            min_calls=int(a[7]), rate_bp=int(a[8]), slow_bp=int(a[9]), reset_ms=int(a[10]),
-            mult=float(a[11]), max_ms=int(a[12]), jitter=float(a[13]), permits=int(a[14]),
-            lease_ms=int(a[15]), succ=int(a[16]), settings=",".join(a[4:18]),
-            who=a[18] if len(a) > 18 else "", note=a[19] if len(a) > 19 else "",
+            rand=float(a[1]), fail_max=int(s[0]), wkind=int(s[1]), wsize=int(s[2]),
+            min_calls=int(s[3]), rate_bp=int(s[4]), slow_bp=int(s[5]), reset_ms=int(s[6]),
+            mult=float(s[7]), max_ms=int(s[8]), jitter=float(s[9]), permits=int(s[10]),
+            lease_ms=int(s[11]), succ=int(s[12]), settings=a[5],
+            who=a[6] if len(a) > 6 else "", note=a[7] if len(a) > 7 else "",
         )  # fmt: skip
 
     @property

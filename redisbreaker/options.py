@@ -253,8 +253,15 @@ class BreakerOptions:
 
     def fingerprint(self, settings_text: str | None = None) -> str:
         """A short stable id of ``settings_text`` (these options' by default)."""
-        text = self.settings_text if settings_text is None else settings_text
-        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:12]
+        if settings_text is None:
+            return self.settings_fingerprint
+        return hashlib.sha1(settings_text.encode(), usedforsecurity=False).hexdigest()[:12]
+
+    @functools.cached_property
+    def settings_fingerprint(self) -> str:
+        """:meth:`fingerprint` of these options' settings, computed once: every script
+        call names the settings by it (the Redis Functions library caches them)."""
+        return hashlib.sha1(self.settings_text.encode(), usedforsecurity=False).hexdigest()[:12]
 
     def settings_difference(self, other: str) -> str:
         """Name each shared setting where ``other`` (a stored settings text) differs."""
@@ -271,10 +278,18 @@ class BreakerOptions:
         self, *, clock: str, rand: float, channel: str, event_prefix: bytes, who: str = "",
         note: str = "",
     ) -> list[Any]:  # fmt: skip
-        """ARGV[1..20] of every breaker script, in the order ``lua/lib/breaker.lua`` reads:
-        ``who`` calls, and ``note`` is the last failure it reports (or an operator's
-        reason)."""
-        return [clock, repr(rand), channel, event_prefix, *self.static_argv, who, note]
+        """ARGV[1..OP-1] of every breaker script, in the order ``lua/lib/breaker.lua``
+        reads: the settings as their fingerprint and their text (a shell that knows
+        Redis has them sends '' instead: ``SETTINGS_TEXT`` is their index), ``who``
+        calls, and ``note`` is the last failure it reports (or an operator's reason)."""
+        return [
+            clock, repr(rand), channel, event_prefix, self.settings_fingerprint,
+            self.settings_text, who, note,
+        ]  # fmt: skip
+
+
+# The index of the settings text in a breaker script's ARGV (0-based): see argv().
+SETTINGS_TEXT = 5
 
 
 def outage_policy(value: object, name: str = "on_outage") -> OutagePolicy:

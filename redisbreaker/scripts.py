@@ -14,6 +14,7 @@ A Redis error names a line of the combined text (``user_script:123``);
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 import weakref
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 _USE = re.compile(r"^--! use: *([\w, ]+)$", re.MULTILINE)
-_LINE = re.compile(r"user_script:(\d+)")
+_LINE = re.compile(r"user_(script|function):(\d+)")
 _CALL = re.compile(r"redis\.p?call\('(\w+)'")
 
 
@@ -59,6 +60,13 @@ def _uses(text: str) -> list[str]:
 @functools.cache
 def compiled(name: str) -> Compiled:
     """Script ``name`` (without ``.lua``) with every library it needs, recursively."""
+    order = _with_libraries([name])
+    return _join(order)
+
+
+def _with_libraries(names: list[str]) -> list[tuple[str, str]]:
+    """(display path, text) of the libraries ``names`` need, each once and before its
+    users, then of each script itself."""
     root = _lua_root()
     order: list[tuple[str, str]] = []  # (display path, text)
     done: set[str] = set()
@@ -74,10 +82,15 @@ def compiled(name: str) -> Compiled:
         done.add(lib)
         order.append((f"lua/lib/{lib}.lua", text))
 
-    main = (root / f"{name}.lua").read_text(encoding="utf-8")
-    for lib in _uses(main):
-        include(lib, (name,))
-    order.append((f"lua/{name}.lua", main))
+    mains = [(name, (root / f"{name}.lua").read_text(encoding="utf-8")) for name in names]
+    for name, main in mains:
+        for lib in _uses(main):
+            include(lib, (name,))
+    order += [(f"lua/{name}.lua", main) for name, main in mains]
+    return order
+
+
+def _join(order: list[tuple[str, str]]) -> Compiled:
     parts: list[tuple[int, int, str]] = []
     line = 1
     for path, text in order:
@@ -85,6 +98,44 @@ def compiled(name: str) -> Compiled:
         parts.append((line, count, path))
         line += count + (1 if text.endswith("\n") else 0)  # the joining newline
     return Compiled("\n".join(text for _, text in order), tuple(parts))
+
+
+# The scripts that run as one Redis Functions library on Redis 7+ (see
+# redisbreaker/functions.py): the breaker's, called on every recorded failure.
+FUNCTION_SCRIPTS = (
+    "breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot", "gate_claim",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Library:
+    """The Redis Functions library of :data:`FUNCTION_SCRIPTS`: its name, which carries
+    its version (a new release loads beside an old one, so a fleet being upgraded runs
+    both), its code, and each script's function name."""
+
+    name: str
+    code: str
+    functions: dict[str, str]
+    compiled: Compiled  # the code, for mapping an error's line to its source
+
+
+@functools.cache
+def library() -> Library:
+    """Every library the breaker scripts use, once, then each script's body wrapped as a
+    function of (KEYS, ARGV): the body reads them as it does under EVAL."""
+    order = _with_libraries(list(FUNCTION_SCRIPTS))
+    libs, mains = order[: -len(FUNCTION_SCRIPTS)], order[-len(FUNCTION_SCRIPTS) :]
+    version = hashlib.sha1(
+        "\n".join(text for _, text in order).encode(), usedforsecurity=False
+    ).hexdigest()[:12]
+    names = {name: f"rb_{version}_{name}" for name in FUNCTION_SCRIPTS}
+    wrapped: list[tuple[str, str]] = []
+    for name, (path, text) in zip(FUNCTION_SCRIPTS, mains, strict=True):
+        opening = f"redis.register_function('{names[name]}', function(KEYS, ARGV)"
+        wrapped += [("(wrapper)", opening), (path, text.rstrip("\n")), ("(wrapper)", "end)")]
+    header = ("(header)", f"#!lua name=redisbreaker_{version}")
+    joined = _join([header, *libs, *wrapped])
+    return Library(f"redisbreaker_{version}", joined.text, names, joined)
 
 
 def source(name: str) -> str:
@@ -98,12 +149,14 @@ def explain(name: str, message: str) -> str:
     found = _LINE.search(message)
     if found is None:
         return message
-    line = int(found.group(1))
-    where = compiled(name).where(line)
+    line = int(found.group(2))
+    # An FCALL's error names a line of the whole library, an EVAL's of the script.
+    code = library().compiled if found.group(1) == "function" else compiled(name)
+    where = code.where(line)
     if where is None:
         return message
     # Redis does not name the command a script was refused (an ACL): the source does.
-    lines = compiled(name).text.splitlines()
+    lines = code.text.splitlines()
     command = _CALL.search(lines[line - 1]) if 0 < line <= len(lines) else None
     return f"{message} [{where}{f', {command.group(1)}' if command else ''}]"
 
@@ -118,7 +171,10 @@ _registered_lock = threading.Lock()
 
 def for_client(client: _Registrar, name: str) -> Any:
     """Script ``name`` registered on ``client`` once, shared by every object using it
-    (registering hashes the source: tens of microseconds, not to be paid per object)."""
+    (registering hashes the source: tens of microseconds, not to be paid per object).
+    The breaker's scripts (:data:`FUNCTION_SCRIPTS`) are FCALLs of one library where
+    Redis has Functions (:mod:`redisbreaker.functions`); either way the result is
+    called as ``script(keys=[...], args=[...])``."""
     try:
         return _registered[client][name]
     except KeyError:
@@ -127,7 +183,15 @@ def for_client(client: _Registrar, name: str) -> Any:
         by_name = _registered.setdefault(client, {})
         script = by_name.get(name)
         if script is None:
-            script = by_name[name] = register(client, name)
+            if name in FUNCTION_SCRIPTS:
+                from redisbreaker import functions  # (it imports this module)
+
+                mode = by_name.get("(mode)")
+                if mode is None:
+                    mode = by_name["(mode)"] = functions.new_mode(client)
+                script = by_name[name] = functions.caller(client, name, mode)
+            else:
+                script = by_name[name] = register(client, name)
         return script
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -95,14 +95,20 @@ class View:
         """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua`` (and the
         reason ``breaker_snapshot.lua`` appends). Lua numbers arrive as ints and strings
         as bytes (or str with decoding on)."""
-        old = reply[9]
+        # (On every recorded failure: written for speed. Lua's numbers arrive as ints.)
+        n = len(reply)
+        old, other, why = reply[9], reply[11] if n > 11 else "", reply[12] if n > 12 else ""
         reason = None
-        if len(reply) >= 26:
+        if n >= 26:
             reason = Reason(text_of(reply[20]), text_of(reply[21]), text_of(reply[22]),
                             text_of(reply[23]), int(reply[24]))  # fmt: skip
-        totals = Totals(*(int(x) for x in reply[13:20])) if len(reply) >= 20 else Totals()
-        if reason is not None:  # the snapshot's time open includes the current period
-            totals = replace(totals, open_ms=int(reply[25]))
+        if n >= 20:
+            t = reply
+            open_ms = int(t[25]) if reason is not None else int(t[19])  # (snapshot: so far)
+            totals = Totals(int(t[13]), int(t[14]), int(t[15]), int(t[16]), int(t[17]),
+                            int(t[18]), open_ms)  # fmt: skip
+        else:
+            totals = Totals()
         return cls(
             _STATES[reply[0]],
             int(reply[1]),
@@ -115,8 +121,8 @@ class View:
             int(reply[8]),
             _STATES[old] if old else None,
             _VERDICTS[reply[10]],
-            text_of(reply[11]) if len(reply) > 11 else "",
-            text_of(reply[12]) if len(reply) > 12 else "",
+            text_of(other) if other else "",
+            text_of(why) if why else "",
             totals,
             reason,
         )

@@ -71,7 +71,10 @@ def round_trips(client: redis.Redis) -> int:
 def script_calls(client: redis.Redis) -> int:
     """EVALSHA/EVAL calls the server has run: one per breaker round trip."""
     stats = client.info("commandstats")
-    return sum(stats.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval"))
+    return sum(
+        stats.get(k, {}).get("calls", 0)
+        for k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall")
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from redisbreaker import scripts
 from redisbreaker.keys import KeySpace
 from redisbreaker.model import BreakerModel
-from redisbreaker.options import Backoff, BreakerOptions, CountWindow, TimeWindow
+from redisbreaker.options import SETTINGS_TEXT, Backoff, BreakerOptions, CountWindow, TimeWindow
 from redisbreaker.state import View
 from redisbreaker.testing.servers import RedisServer
 
@@ -84,7 +84,7 @@ class LuaVersusModel(RuleBasedStateMachine):
         keys = KeySpace.of("rbtest:", "cb", f"m{next(_names)}")
         self.keys = [keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r")]
         self.script = {
-            n: scripts.register(self.r, n)
+            n: self.make_script(n)
             for n in ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot")
         }
         self.model = BreakerModel()
@@ -92,6 +92,10 @@ class LuaVersusModel(RuleBasedStateMachine):
         self.gen = 0
         self.tokens: list[str] = []
         self.counter = itertools.count()
+
+    def make_script(self, name: str) -> Any:
+        """The EVALSHA path (Redis 6.2, fakeredis): the script run as itself."""
+        return scripts.register(self.r, name)
 
     def argv(self, rand: float = 0.25, note: str = "") -> list[Any]:
         return self.options.argv(
@@ -188,13 +192,39 @@ class LuaVersusModel(RuleBasedStateMachine):
             assert [int(x or 0) for x in stored] == [m.h, m.ct, m.cf, m.cs, m.wsec]
 
 
-LuaVersusModel.TestCase.settings = settings(
-    max_examples=120,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+class FunctionsVersusModel(LuaVersusModel):
+    """The same, on the FCALL path (Redis 7+): the library loaded once, the settings
+    sent as text only until Redis knows them."""
+
+    def make_script(self, name: str) -> Any:
+        return scripts.for_client(self.r, name)
+
+
+for machine in (LuaVersusModel, FunctionsVersusModel):
+    machine.TestCase.settings = settings(
+        max_examples=120,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 test_lua_and_model_agree = LuaVersusModel.TestCase
+test_lua_functions_and_model_agree = FunctionsVersusModel.TestCase
+
+
+def test_the_functions_path_is_the_one_taken() -> None:
+    """On Redis 7 the breaker's calls are FCALLs, and the settings text is sent only
+    until Redis has it: the second call's arguments leave it out."""
+    r = _client()
+    before = r.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0)
+    report = scripts.for_client(r, "breaker_report")
+    options = BreakerOptions(fail_max=3)
+    keys = KeySpace.of("rbtest:", "cb", "fcall-path")
+    key_list = [keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r")]
+    argv = options.argv(clock="", rand=0.5, channel="rbtest:events", event_prefix=b"\x96")
+    report(keys=key_list, args=argv)
+    assert report.fcall_args(key_list, argv)[2 + 4 + SETTINGS_TEXT] == ""  # known now
+    report(keys=key_list, args=argv)
+    assert r.info("commandstats")["cmdstat_fcall"]["calls"] >= before + 2
 
 
 def teardown_module() -> None:

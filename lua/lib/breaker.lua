@@ -35,56 +35,95 @@
 -- of m pending successes: O(min(m, size)) bytes). B and R exist only while the window
 -- holds something (n > 0); S.wk names the window and the storage layout, and a key
 -- written for another window (or by an older layout) starts an empty window.
--- ARGV[1..18] is the breaker's configuration, sent with every call: ARGV[1..4] per call
--- (redisbreaker/breaker_core.py `BreakerCore.config_args`), ARGV[5..18] the settings encoded
--- once (redisbreaker/options.py `BreakerOptions.static_argv`); ARGV[OP..] belong to
--- the operation.
+-- ARGV[1..OP-1] is the call's head (see breaker_setup below); ARGV[OP..] belong to the
+-- operation.
 --
 -- Outcome codes: '0' success, '1' failure, '2' slow success, '3' slow failure,
 -- 'x' ignored (releases a permit, records nothing).
 -- redisbreaker/model.py is the same machine in Python; the test suite checks that the
 -- two agree step by step, so a change here must be made there too.
+--
+-- The same text runs two ways (redisbreaker/scripts.py): as one EVAL script per
+-- operation (Redis 6.2, fakeredis), or, on Redis 7+, as one Redis Functions library
+-- loaded once, each operation an FCALL. So nothing here reads KEYS or ARGV at load
+-- time: every call starts with breaker_setup(KEYS, ARGV), which sets the per-call
+-- values below. Under FCALL the library's locals live on between calls, which is
+-- what the settings cache uses; everything per call is set again by breaker_setup.
 
-local S, P, B, R = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-
--- ARGV[1] clock override ('' = TIME); ARGV[2] uniform [0, 1) from the caller for the
--- jitter (Redis seeds math.random alike in every script); ARGV[3] the event channel;
--- ARGV[4] the event prefix (msgpack: array header, breaker name, origin id);
--- ARGV[5..18] the static settings (the caller encodes them once); ARGV[19] who calls
--- (host:pid, or the operator); ARGV[20] a note: the last failure this call reports
+-- The call's head: ARGV[1] clock override ('' = TIME); ARGV[2] uniform [0, 1) from the
+-- caller for the jitter (Redis seeds math.random alike in every script); ARGV[3] the
+-- event channel; ARGV[4] the event prefix (msgpack: array header, breaker name, origin
+-- id); ARGV[5] the settings' fingerprint; ARGV[6] the settings text (14 numbers joined
+-- by ',', redisbreaker/options.py `BreakerOptions.settings_text`), or '' when the
+-- caller expects this library to know the fingerprint already; ARGV[7] who calls
+-- (host:pid, or the operator); ARGV[8] a note: the last failure this call reports
 -- ('Class: message'), or the operator's reason. An operation's own arguments start at
 -- ARGV[OP].
-local OP = 21
-local cfg = {
-  clock = ARGV[1], rand = tonumber(ARGV[2]), channel = ARGV[3], ev_prefix = ARGV[4],
-  fail_max = tonumber(ARGV[5]),
-  wkind = tonumber(ARGV[6]),     -- 0 none, 1 count-based, 2 time-based
-  wsize = tonumber(ARGV[7]),     -- calls, or seconds
-  min_calls = tonumber(ARGV[8]),
-  rate_bp = tonumber(ARGV[9]),   -- failure-rate threshold in basis points; 0 = off
-  slow_bp = tonumber(ARGV[10]),  -- slow-call-rate threshold in basis points; 0 = off
-  reset_ms = tonumber(ARGV[11]),
-  mult = tonumber(ARGV[12]),
-  max_ms = tonumber(ARGV[13]),
-  jitter = tonumber(ARGV[14]),
-  permits = tonumber(ARGV[15]),
-  lease_ms = tonumber(ARGV[16]),
-  succ = tonumber(ARGV[17]),
-  ttl_ms = tonumber(ARGV[18]),
-  who = ARGV[19] or '',
-  note = ARGV[20] or '',
-}
--- ':2' is the storage layout (B and R as above): a window stored by an older version
--- has another wk, so it is reset rather than misread.
-local WK = cfg.wkind .. ':' .. cfg.wsize .. ':2'
--- The shared settings as one string, stored with the state (field 'cfg'): a process
--- whose settings differ sees the stored ones in its reply and warns once.
-local MINE = table.concat(ARGV, ',', 5, 18)
+local OP = 9
+local S, P, B, R, ARGS
+local cfg, WK, MINE
+local transition_from, transition_why
+
+-- Parsed settings by fingerprint. Under EVAL this is new for every call (the caller
+-- always sends the text); under FCALL it lives as long as the library, so a recorded
+-- outcome sends 8 short arguments instead of 22 and parses nothing. Bounded: a fleet
+-- has few distinct settings, and the cache starts over past SETTINGS_MAX.
+local SETTINGS, SETTINGS_N, SETTINGS_MAX = {}, 0, 1000
+
+local function parse_settings(text)
+  local v = {}
+  for x in string.gmatch(text, '[^,]+') do v[#v + 1] = x end
+  if #v ~= 14 then return nil end
+  local c = {
+    fail_max = tonumber(v[1]),
+    wkind = tonumber(v[2]),     -- 0 none, 1 count-based, 2 time-based
+    wsize = tonumber(v[3]),     -- calls, or seconds
+    min_calls = tonumber(v[4]),
+    rate_bp = tonumber(v[5]),   -- failure-rate threshold in basis points; 0 = off
+    slow_bp = tonumber(v[6]),   -- slow-call-rate threshold in basis points; 0 = off
+    reset_ms = tonumber(v[7]),
+    mult = tonumber(v[8]),
+    max_ms = tonumber(v[9]),
+    jitter = tonumber(v[10]),
+    permits = tonumber(v[11]),
+    lease_ms = tonumber(v[12]),
+    succ = tonumber(v[13]),
+    ttl_ms = tonumber(v[14]),
+    text = text,
+  }
+  -- ':2' is the storage layout (B and R as above): a window stored by an older version
+  -- has another wk, so it is reset rather than misread.
+  c.wk = c.wkind .. ':' .. c.wsize .. ':2'
+  return c
+end
+
+-- Set the per-call values; nil, or the error reply to return before anything else.
+-- NOSETTINGS asks the caller to send the settings text (a library that was reloaded,
+-- or a fingerprint this Redis has not seen): it costs the caller one more round trip.
+local function breaker_setup(keys, argv)
+  S, P, B, R, ARGS = keys[1], keys[2], keys[3], keys[4], argv
+  local fp, text = argv[5], argv[6]
+  local c = SETTINGS[fp]
+  if not c then
+    if text == nil or text == '' then
+      return redis.error_reply('NOSETTINGS breaker settings ' .. tostring(fp) .. ' not known here')
+    end
+    c = parse_settings(text)
+    if not c then return redis.error_reply('ERR breaker settings: ' .. text) end
+    if SETTINGS_N >= SETTINGS_MAX then SETTINGS, SETTINGS_N = {}, 0 end
+    SETTINGS[fp], SETTINGS_N = c, SETTINGS_N + 1
+  end
+  -- The cached table carries the per-call fields too, set afresh on every call.
+  c.clock, c.rand, c.channel, c.ev_prefix = argv[1], tonumber(argv[2]), argv[3], argv[4]
+  c.who, c.note = argv[7] or '', argv[8] or ''
+  cfg, WK, MINE = c, c.wk, c.text
+  transition_from, transition_why = '', ''
+  return nil
+end
+
 local STATES = { closed = 1, open = 1, half_open = 1, forced_open = 1, disabled = 1 }
 local FIELDS = { 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'wsec',
   'ct', 'cf', 'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np', 'n_trips', 'open_ms' }
-local transition_from = ''
-local transition_why = ''  -- the reason text of the transition this script made
 
 local function is_fail(c) return c == '1' or c == '3' end
 local function is_slow(c) return c == '2' or c == '3' end

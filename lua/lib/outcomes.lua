@@ -14,13 +14,13 @@ local CODES = { ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, x = 1, n = 1 }
 
 -- nil if the batch is well formed, else the error text. Called before any write.
 local function check_batch(first)
-  if (#ARGV - first + 1) % 4 ~= 0 then
-    return 'ERR breaker batch: ' .. (#ARGV - first + 1) .. ' arguments, not runs of 4'
+  if (#ARGS - first + 1) % 4 ~= 0 then
+    return 'ERR breaker batch: ' .. (#ARGS - first + 1) .. ' arguments, not runs of 4'
   end
-  for i = first, #ARGV, 4 do
-    local gen, m = tonumber(ARGV[i]), tonumber(ARGV[i + 2])
-    if not gen or not m or m < 1 or m ~= math.floor(m) or not CODES[ARGV[i + 1]] then
-      return 'ERR breaker batch: bad run ' .. ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2]
+  for i = first, #ARGS, 4 do
+    local gen, m = tonumber(ARGS[i]), tonumber(ARGS[i + 2])
+    if not gen or not m or m < 1 or m ~= math.floor(m) or not CODES[ARGS[i + 1]] then
+      return 'ERR breaker batch: bad run ' .. ARGS[i] .. ' ' .. ARGS[i + 1] .. ' ' .. ARGS[i + 2]
     end
   end
   return nil
@@ -39,8 +39,8 @@ end
 -- An outcome of an older generation is dropped (its state is gone), but its permit
 -- is still handed back; every outcome counts in the totals.
 local function apply_batch(s, first, now)
-  for i = first, #ARGV, 4 do
-    local gen, code, m, token = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  for i = first, #ARGS, 4 do
+    local gen, code, m, token = tonumber(ARGS[i]), ARGS[i + 1], tonumber(ARGS[i + 2]), ARGS[i + 3]
     if token ~= '' then redis.call('ZREM', P, token) end
     count_totals(s, code, m)
     if gen == s.gen and code ~= 'x' and code ~= 'n' then

@@ -15,10 +15,15 @@
 -- channel without a tag (one server: standalone, Sentinel, fakeredis) always uses
 -- PUBLISH. The subscribers follow the same rule (redisbreaker/events.py).
 
-local SHARDED_PUBSUB = (tonumber(redis.REDIS_VERSION_NUM) or 0) >= 0x070000
+-- Read at the first publish, not at load: a Redis Functions library's load-time code
+-- sees no globals but the registration API (redisbreaker/functions.py).
+local sharded_pubsub
 
 local function publish_cmd(channel)
-  if SHARDED_PUBSUB and string.find(channel, '{', 1, true) then
+  if sharded_pubsub == nil then
+    sharded_pubsub = (tonumber(redis.REDIS_VERSION_NUM) or 0) >= 0x070000
+  end
+  if sharded_pubsub and string.find(channel, '{', 1, true) then
     return 'SPUBLISH'
   end
   return 'PUBLISH'

@@ -45,7 +45,7 @@ def test_prefix_channels_cover_every_slot_once() -> None:
 
 def _publish_cmd(client: fakeredis.FakeRedis, channel: str) -> str:
     lib = source("breaker_snapshot").split("local function publish_refused")[0]
-    lib = lib[lib.index("local SHARDED_PUBSUB") :]
+    lib = lib[lib.index("local sharded_pubsub") :]
     reply = client.eval(lib + "\nreturn publish_cmd(ARGV[1])", 0, channel)
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 

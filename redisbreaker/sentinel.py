@@ -190,6 +190,7 @@ class MasterCheck:
         self.interval = interval
         self.delay = interval
         self.next_at = 0.0
+        self.master: object = None  # the master's address at the last check
 
     def due(self, now: float) -> bool:
         """Whether to check now; a check that is due is reserved for the caller."""
@@ -201,6 +202,11 @@ class MasterCheck:
     def done(self, ok: bool, now: float) -> None:
         self.delay = self.interval if ok else min(self.delay * 2, MASTER_CHECK_BACKOFF_MAX)
         self.next_at = now + self.delay
+
+    def moved(self, address: object) -> bool:
+        """Whether the sentinels now name another master than at the last check."""
+        before, self.master = self.master, address
+        return before is not None and address != before
 
 
 class BlockingSentinelConnectionPool(
@@ -219,11 +225,15 @@ class BlockingSentinelConnectionPool(
         if self.is_master and self.master_check.due(time.monotonic()):
             try:
                 # Drops the idle connections if the master moved.
-                self.get_master_address()  # type: ignore[no-untyped-call]
+                address = self.get_master_address()  # type: ignore[no-untyped-call]
             except (redis.ConnectionError, redis.TimeoutError):
                 self.master_check.done(False, time.monotonic())
             else:
                 self.master_check.done(True, time.monotonic())
+                if self.master_check.moved(address):
+                    # And the ones in use: a pub/sub connection is held for good, and
+                    # would stay subscribed on the old master.
+                    self.disconnect(inuse_connections=True)
         return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
@@ -240,11 +250,13 @@ class AsyncBlockingSentinelConnectionPool(
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_master and self.master_check.due(time.monotonic()):
             try:
-                await self.get_master_address()  # type: ignore[no-untyped-call]
+                address = await self.get_master_address()  # type: ignore[no-untyped-call]
             except (redis.ConnectionError, redis.TimeoutError):
                 self.master_check.done(False, time.monotonic())
             else:
                 self.master_check.done(True, time.monotonic())
+                if self.master_check.moved(address):
+                    await self.disconnect(inuse_connections=True)
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 

@@ -24,6 +24,7 @@ from redisbreaker import config as rb_config
 from redisbreaker.aio.transaction import Transaction as AioTransaction
 from redisbreaker.celery.settings import Settings
 from redisbreaker.config import async_client_from_url, client_from_url
+from redisbreaker.events import hub_for
 from redisbreaker.sentinel import MASTER_CHECK_INTERVAL, BlockingSentinelConnectionPool
 from redisbreaker.state import Transition
 from redisbreaker.testing.servers import RedisSentinel
@@ -283,6 +284,36 @@ def test_graceful_failover_is_followed_once_the_sentinels_name_the_new_master(
     breaker.force_open(reason="after the failover")
     direct = client_from_url(f"redis://127.0.0.1:{new_port}/0", password=setup.password)
     assert SharedBreaker("graceful", client=direct).snapshot().state is State.FORCED_OPEN
+
+
+def test_after_a_graceful_failover_events_follow_the_new_master(
+    sentinel_setup: RedisSentinel,
+) -> None:
+    """The pool's master check also drops the connections held in use: the pub/sub hub's
+    subscription moves to the new master (not left on the old one until Sentinel
+    demotes it), and a transition made there reaches the listener."""
+    setup = sentinel_setup
+    client = client_from_url(setup.url)
+    seen: list[Transition] = []
+    breaker = SharedBreaker("follow", client=client, fail_max=1)
+    breaker.subscribe(seen.append)
+    breaker.snapshot()
+    hub = hub_for(client)
+    assert wait_for(lambda: hub.connected.is_set(), 30)
+    new_port = setup.failover()
+    time.sleep(MASTER_CHECK_INTERVAL)  # the pool's next checkout asks the sentinels
+    breaker.snapshot()  # that checkout: the master moved, every connection is dropped
+
+    def subscribed_to_new_master() -> bool:
+        link = hub._links.get("")
+        live = getattr(link, "_live", None)
+        connection = getattr(live, "connection", None)
+        return connection is not None and connection.port == new_port and hub.connected.is_set()
+
+    assert wait_for(subscribed_to_new_master, 30)
+    other = SharedBreaker("follow", client=client_from_url(setup.url), fail_max=1)
+    other.force_open(reason="on the new master")
+    assert wait_for(lambda: [t.new for t in seen] == [State.FORCED_OPEN], 30)
 
 
 # -- Celery: a sentinel:// broker -----------------------------------------------------------

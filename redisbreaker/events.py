@@ -219,12 +219,16 @@ class _Dispatch:
             if channel not in self._owner:
                 self._pending -= 1
             self._owner[channel] = link
-            flag = self._ready.get(channel)
-            if flag is None:
-                flag = self._ready[channel] = self._new_flag()
-            flag.set()
             self._update_connected()
         self._reset([channel])
+        # The channel's flag only now: a listener blocked on it (a new waiter) hears its
+        # reset first and starts with a read of its own, instead of reading twice.
+        with self._lock:
+            if self._owner.get(channel) is link:  # (not lost or forgotten meanwhile)
+                flag = self._ready.get(channel)
+                if flag is None:
+                    flag = self._ready[channel] = self._new_flag()
+                flag.set()
 
     def lost(self, channels: Iterable[str], link: object) -> None:
         """``link`` no longer holds ``channels`` (its connection dropped, or they moved
@@ -324,6 +328,18 @@ class _HubBase:
         """How many subscriber connections are open or opening (for tests and metrics)."""
         with self._lock:
             return len(self._links)
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, port) of each subscriber connection that is connected now (for tests
+        and diagnostics: which server the subscriptions are on)."""
+        with self._lock:
+            links = list(self._links.values())
+        found = []
+        for link in links:
+            connection = getattr(link._live, "connection", None)
+            if connection is not None and getattr(connection, "_sock", None) is not None:
+                found.append((str(connection.host), int(connection.port)))
+        return found
 
     def close(self) -> None:
         """Stop every link at its next turn (for watchers; shared hubs end when idle)."""

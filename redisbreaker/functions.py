@@ -13,8 +13,8 @@ args=)``), so the breaker shells do not know which way a call goes. Per client, 
 first call finds out:
 
 * Redis 6.2 answers ``FCALL`` with "unknown command": that client uses EVALSHA from
-  then on; so does a fakeredis client, from the start (its functions are not what
-  the test suites need).
+  then on; so do a fakeredis client (its functions are not what the test suites
+  need) and a Redis Cluster client (see :func:`new_mode`), from the start.
 * A Redis without the library (first use, a restart without persistence, a
   ``FUNCTION FLUSH``, a failover to a replica that lacks it) answers "Function not
   found": the library is loaded (``FUNCTION LOAD REPLACE``: on a Cluster it goes to
@@ -36,6 +36,7 @@ from typing import Any
 import redis.exceptions as rx
 
 from redisbreaker import scripts
+from redisbreaker.events import is_cluster
 from redisbreaker.options import SETTINGS_TEXT
 
 
@@ -157,5 +158,11 @@ def caller(client: Any, name: str, mode: _ClientMode) -> Any:
 
 
 def new_mode(client: Any) -> _ClientMode:
-    """How ``client``'s scripts run: fakeredis always by EVALSHA, Redis found out."""
-    return _ClientMode(False if type(client).__module__.startswith("fakeredis") else None)
+    """How ``client``'s scripts run: fakeredis and Redis Cluster clients always by
+    EVALSHA, one server's found out. (redis-py's Cluster client learns FCALL's keys
+    from the server, a ``COMMAND GETKEYS`` round trip before every call, and naming the
+    node instead turns off its retries, which are how it follows a failover: EVALSHA,
+    whose keys it reads itself, is the cheaper call there.)"""
+    if type(client).__module__.startswith("fakeredis") or is_cluster(client):
+        return _ClientMode(False)
+    return _ClientMode(None)

@@ -34,7 +34,7 @@ from redisbreaker.config import default_client
 from redisbreaker.immediate import Immediate, run_now
 from redisbreaker.tx_api import Participation, TransactionApi
 from redisbreaker.tx_core import Claim, Decision, Outcome, ParticipantId, Tally
-from redisbreaker.tx_waiters import READY_TIMEOUT, Waiter
+from redisbreaker.tx_waiters import READY_TIMEOUT, Waiter, thread_relay
 
 __all__ = ["Decision", "Outcome", "Participation", "Tally", "Transaction"]
 
@@ -90,10 +90,15 @@ class Transaction(
         return events.hub_for(self.client)
 
     def _waiter(self) -> Waiter:
-        return Waiter(self.id, threading.Event(), self._hub().ready(self.channel))
+        ready = self._hub().ready(self.channel)
+        return Waiter(self.id, threading.Event(), ready, thread_relay())
 
     def _until_woken(self, waiter: Waiter, seconds: float) -> Immediate[bool]:
-        return Immediate(waiter.event.wait(seconds))
+        waiter.asleep = True  # only now may the relay give it a turn (see Relay)
+        try:
+            return Immediate(waiter.event.wait(seconds))
+        finally:
+            waiter.asleep = False
 
     def _until_subscribed(self, waiter: Waiter) -> Immediate[bool]:
         return Immediate(waiter.ready.wait(READY_TIMEOUT))

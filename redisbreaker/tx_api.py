@@ -173,15 +173,18 @@ class TransactionApi(
         """Run a waiting plan registered on the hub, so a published decision wakes it.
 
         The waiter registers before the plan's first read, so nothing is missed; it
-        waits (bounded) for the subscription, and always leaves the hub.
+        waits (bounded) for the subscription, and always leaves the hub. A published
+        decision ends the plan with no further read: the message carries all of it.
         """
         hub, waiter, channel = self._hub(), self._waiter(), self.channel
         hub.add(channel, self.id, waiter, decode)
         try:
             await self._until_subscribed(waiter)
+            waiter.settle()  # the confirmation's re-read request: the first read covers it
             return await self._execute(plan, waiter)
         finally:
             hub.remove(channel, self.id, waiter)
+            waiter.leave()
 
     async def _then(self, plan: core.Plan[T], fn: Callable[[T], Any]) -> Any:
         return fn(await self._execute(plan, confirm=False))

@@ -5,8 +5,10 @@ The chaos drills (restart, freeze, eviction, many waiters) are in test_tx_chaos.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,8 @@ import redis
 
 import redisbreaker
 from redisbreaker import tx_core as core
+from redisbreaker.aio.transaction import Transaction as AioTransaction
+from redisbreaker.config import async_client_from_url
 from redisbreaker.errors import (
     ConfigurationError,
     CorruptStateError,
@@ -22,7 +26,9 @@ from redisbreaker.errors import (
     TransactionError,
 )
 from redisbreaker.events import hub_for
+from redisbreaker.testing.servers import RedisServer
 from redisbreaker.transaction import Decision, Outcome, Transaction
+from tests.helpers import wait_for
 
 
 def state_key(tx: Transaction) -> str:
@@ -148,8 +154,6 @@ def test_bytes_id_waiter_wakes_on_the_decision(r: redis.Redis) -> None:
 
 def wait_until_waiting(r: redis.Redis, tx: Transaction) -> bool:
     """True once a waiter for ``tx`` is registered on the hub (the positive signal)."""
-    from tests.helpers import wait_for
-
     dispatch = hub_for(r).dispatch
     return wait_for(lambda: bool(dispatch.listeners.get(tx.channel, {}).get(tx.id)))
 
@@ -343,3 +347,58 @@ def test_the_hub_forgets_a_transaction_when_its_last_waiter_leaves(r: redis.Redi
         assert tx.vote_and_wait(0, True).outcome is Outcome.COMMIT
     channel = tx.channel
     assert hub.dispatch.listeners.get(channel, {}) == {}
+
+
+def _yes_on_record(client: redis.Redis, tx: Transaction, n: int) -> bool:
+    """True once ``n`` yes votes are on record (read with HGET: no script to count)."""
+    return wait_for(lambda: int(client.hget(tx.key, "yes") or 0) == n, timeout=60)
+
+
+def test_a_published_decision_wakes_waiters_without_a_read(private_redis: RedisServer) -> None:
+    """30 threads vote_and_wait on a new hub, whose subscription is confirmed while they
+    wait for it: each sends one EVALSHA, its vote, and the published decision wakes
+    every one with no status read (counted with INFO commandstats, never timed)."""
+    client = private_redis.client()
+    warm = Transaction.begin(1, timeout=60, client=client)
+    warm.vote(0, True)  # tx_vote loaded: no NOSCRIPT retry to count
+    tx = Transaction.begin(31, timeout=300, client=client)
+    results: list[Decision] = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(tx.vote_and_wait(i, True)))
+        for i in range(30)
+    ]
+    before = evalsha_calls(client)
+    for t in threads:
+        t.start()
+    assert _yes_on_record(client, tx, 30)
+    time.sleep(0.2)  # past the 20 ms floor a re-read would wait for (none must come)
+    tx.vote(30, True)
+    for t in threads:
+        t.join(60)
+    assert [d.outcome for d in results] == [Outcome.COMMIT] * 30
+    assert evalsha_calls(client) - before == 31  # 30 waiters' votes and the deciding one
+
+
+def test_asyncio_waiters_woken_by_the_decision_read_nothing_more(
+    private_redis: RedisServer,
+) -> None:
+    """The asyncio twin: 30 tasks vote_and_wait on a new loop's hub; one EVALSHA each."""
+    sync = private_redis.client()
+
+    async def main() -> list[Decision]:
+        client = async_client_from_url(private_redis.url)
+        warm = await AioTransaction.begin(1, timeout=60, client=client)
+        await warm.vote(0, True)
+        tx = await AioTransaction.begin(31, timeout=300, client=client)
+        before = evalsha_calls(sync)
+        waiting = [asyncio.ensure_future(tx.vote_and_wait(i, True)) for i in range(30)]
+        while int(await client.hget(tx.key, "yes") or 0) < 30:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)  # as above
+        await tx.vote(30, True)
+        results = list(await asyncio.wait_for(asyncio.gather(*waiting), 60))
+        assert evalsha_calls(sync) - before == 31
+        await client.aclose()
+        return results
+
+    assert [d.outcome for d in asyncio.run(main())] == [Outcome.COMMIT] * 30

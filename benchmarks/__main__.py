@@ -32,6 +32,7 @@ SUITES = [
     "listing",
     "dead_letter",
     "cluster_pubsub",
+    "fleet",
 ]
 DEFAULT_OUT = Path(__file__).parent / "results"
 

@@ -24,7 +24,6 @@ Run alone: ``python -m benchmarks.cluster_pubsub [--tiny]`` (``--url`` is ignore
 
 from __future__ import annotations
 
-import argparse
 import random
 import selectors
 import socket
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 import redis
 from redis.crc import key_slot
 
-from benchmarks.harness import Config, SuiteResult, check, fmt
+from benchmarks.harness import Config, SuiteResult, check, fmt, run_alone
 from redisbreaker.keys import KeySpace
 from redisbreaker.testing.servers import RedisCluster, RedisServer
 
@@ -290,15 +289,7 @@ def run(cfg: Config) -> SuiteResult:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster_pubsub")
-    parser.add_argument("--url", default=None, help="ignored: a private Cluster is started")
-    parser.add_argument("--tiny", action="store_true")
-    args = parser.parse_args()
-    res = run(Config(url=args.url or "", tiny=args.tiny))
-    from benchmarks.__main__ import text_table
-
-    print(text_table(res.as_dict()))
-    return 0
+    return run_alone("cluster_pubsub", run, own_server=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Run alone: ``python -m benchmarks.dead_letter [--url URL] [--tiny]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -17,9 +16,8 @@ from typing import Any
 import msgpack
 from celery import Celery
 
-from benchmarks.harness import Config, SuiteResult, fmt
+from benchmarks.harness import Config, SuiteResult, fmt, run_alone
 from redisbreaker import scripts
-from redisbreaker.bench import redis_for
 from redisbreaker.celery.deadletter import DeadLetters
 from redisbreaker.config import client_from_url
 
@@ -88,16 +86,7 @@ def run(cfg: Config) -> SuiteResult:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.dead_letter")
-    parser.add_argument("--url", default=None)
-    parser.add_argument("--tiny", action="store_true")
-    args = parser.parse_args()
-    with redis_for(args.url) as url:
-        res = run(Config(url=url, tiny=args.tiny))
-    from benchmarks.__main__ import text_table
-
-    print(text_table(res.as_dict()))
-    return 0
+    return run_alone("dead_letter", run)
 
 
 if __name__ == "__main__":

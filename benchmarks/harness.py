@@ -52,6 +52,7 @@ __all__ = [
     "mp_context",
     "percentile",
     "server_info",
+    "run_alone",
     "summarize",
     "unavailable",
     "versions",
@@ -145,3 +146,25 @@ def environment(url: str) -> dict[str, Any]:
         return {"versions": versions(*COMPARED), "machine": machine(), "redis": server_info(client)}
     finally:
         client.close()
+
+
+def run_alone(prog: str, run: Callable[[Config], SuiteResult], *, own_server: bool = False) -> int:
+    """``python -m benchmarks.<suite>``: one suite, its table printed. The suite runs
+    on ``--url``, or a private redis-server (``own_server``: it starts its own)."""
+    import argparse
+
+    from benchmarks.__main__ import text_table
+    from redisbreaker.bench import redis_for
+
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{prog}")
+    helptext = "ignored: the suite starts its own servers" if own_server else None
+    parser.add_argument("--url", default=None, help=helptext)
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    if own_server:
+        res = run(Config(url=args.url or "", tiny=args.tiny))
+    else:
+        with redis_for(args.url) as url:
+            res = run(Config(url=url, tiny=args.tiny))
+    print(text_table(res.as_dict()))
+    return 0

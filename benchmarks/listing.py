@@ -6,13 +6,11 @@ Run alone: ``python -m benchmarks.listing [--url URL] [--tiny]``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import uuid
 
-from benchmarks.harness import Config, SuiteResult, check, fmt
-from redisbreaker.bench import redis_for
+from benchmarks.harness import Config, SuiteResult, check, fmt, run_alone
 from redisbreaker.config import client_from_url
 from redisbreaker.fleet import Fleet
 from redisbreaker.keys import KeySpace
@@ -66,16 +64,7 @@ def run(cfg: Config) -> SuiteResult:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.listing")
-    parser.add_argument("--url", default=None)
-    parser.add_argument("--tiny", action="store_true")
-    args = parser.parse_args()
-    with redis_for(args.url) as url:
-        res = run(Config(url=url, tiny=args.tiny))
-    from benchmarks.__main__ import text_table
-
-    print(text_table(res.as_dict()))
-    return 0
+    return run_alone("listing", run)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Run alone: ``python -m benchmarks.window_cost [--url URL] [--tiny]``.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import uuid
@@ -28,9 +27,8 @@ from typing import Any
 
 import redis
 
-from benchmarks.harness import Config, SuiteResult, check, fmt
+from benchmarks.harness import Config, SuiteResult, check, fmt, run_alone
 from redisbreaker import scripts
-from redisbreaker.bench import redis_for
 from redisbreaker.keys import KeySpace
 from redisbreaker.options import BreakerOptions, CountWindow, TimeWindow, Window
 
@@ -169,16 +167,7 @@ def run(cfg: Config) -> SuiteResult:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.window_cost")
-    parser.add_argument("--url", default=None)
-    parser.add_argument("--tiny", action="store_true")
-    args = parser.parse_args()
-    with redis_for(args.url) as url:
-        res = run(Config(url=url, tiny=args.tiny))
-    from benchmarks.__main__ import text_table
-
-    print(text_table(res.as_dict()))
-    return 0
+    return run_alone("window_cost", run)
 
 
 if __name__ == "__main__":

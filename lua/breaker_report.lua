@@ -7,14 +7,4 @@
 -- Reply: the breaker reply, wait_ms = time left open, verdict ''.
 -- Atomic because: counting, the trip decision and the transition must happen as one
 -- step, so concurrent failures never lose an update and only one of them trips.
-local setup_error = breaker_setup(KEYS, ARGV)
-if setup_error then return setup_error end
-local bad = check_batch(OP)
-if bad then return redis.error_reply(bad) end
-local now = now_ms(cfg.clock)
-local s = load(true)
-if s.err then return s end
-if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
-apply_batch(s, OP, now)
-save(s, now)
-return reply(s, '', remain(s, now))
+return report(KEYS, ARGV)

@@ -17,8 +17,9 @@ from redisbreaker.breaker_base import BreakerBase, decode
 from redisbreaker.breaker_core import SENDER_ROUNDS, GateVerdict, ScriptCall, Ticket
 from redisbreaker.durability import marker_watch
 from redisbreaker.errors import STORAGE_ERRORS, StorageError
-from redisbreaker.events import hub_for
+from redisbreaker.events import hub_for, is_cluster
 from redisbreaker.state import Code, Snapshot, View
+from redisbreaker.syncer import syncer_for
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,6 +43,8 @@ class SharedBreaker(BreakerBase):
 
     def _join_hub(self, client: Any) -> None:
         hub_for(client).add(self._core.channel, self._core.keys.tag, self, decode)
+        if self._core.background and not is_cluster(client):
+            syncer_for(client).add(self)
 
     # -- Redis I/O -------------------------------------------------------------------
 
@@ -113,6 +116,13 @@ class SharedBreaker(BreakerBase):
                 core.abandoned(call)
                 raise
             call = core.sent(keep=rounds_left > 0)
+
+    def settle_background(self, call: ScriptCall, reply: Any) -> None:
+        """The background syncer's reply to ``call`` (redisbreaker/syncer.py): taken in,
+        and what queued behind it sent."""
+        follow = self._settle(call, reply)
+        if follow is not None:
+            self._send(follow)
 
     # -- one call ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any, Unpack
 import redis
 
 from redisbreaker import config, forking, scripts
-from redisbreaker.breaker_core import BreakerCore, decode_event
+from redisbreaker.breaker_core import BreakerCore, ScriptCall, decode_event
 from redisbreaker.errors import STORAGE_ERRORS, ConfigurationError, StorageError
 from redisbreaker.events import is_cluster
 from redisbreaker.keys import KeySpace, validate_name
@@ -24,7 +24,10 @@ logger = logging.getLogger("redisbreaker")
 StateListener = Callable[[State, State], None]
 TransitionListener = Callable[[Transition], None]
 
-SCRIPTS = ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot", "gate_claim")
+SCRIPTS = (
+    "breaker_admit", "breaker_report", "breaker_flush", "breaker_operate", "breaker_snapshot",
+    "gate_claim",
+)  # fmt: skip
 
 # Redis versions below this lack commands the scripts use (and are not tested).
 MIN_REDIS = (6, 2)
@@ -100,6 +103,7 @@ class BreakerBase:
         see :class:`redisbreaker.testing.VirtualClock`."""
         self._core.now = local
         self._core.clock_override = server_ms
+        self._core.background = False  # its syncer would run on real time
 
     @property
     def keys(self) -> list[str]:
@@ -182,6 +186,28 @@ class BreakerBase:
     def _notify(self, transition: Transition | None) -> None:
         if transition is not None and self._on_state_change is not None:
             _guarded(self._on_state_change, transition.old, transition.new)
+
+    def flush_caller(self) -> Any:
+        """The ``breaker_flush`` script on this breaker's client, for the background
+        syncer (redisbreaker/syncer.py), which sends it for many breakers at once."""
+        return self._bind()["breaker_flush"]
+
+    def _settle(self, call: ScriptCall, reply: Any) -> ScriptCall | None:
+        """Take the reply to ``call`` that the syncer sent for this breaker: a breaker
+        reply, or the error it met. What the sender role must send next (the shell's
+        ``settle_background`` sends it), if it held the role."""
+        core = self._core
+        if isinstance(reply, BaseException):
+            error = (
+                reply
+                if isinstance(reply, StorageError)
+                else self._storage_error(reply, call.script)
+            )
+            core.call_failed(call, error)
+            return None
+        _view, transition = core.apply(reply, core.now())
+        self._notify(transition)
+        return core.sent() if call.sender else None
 
     def _storage_error(self, exc: BaseException, script: str) -> StorageError:
         if isinstance(exc, redis.ResponseError):

@@ -166,6 +166,9 @@ class BreakerCore:
         self.channel = keys.channel()
         self.now: Callable[[], float] = monotonic  # the local clock (tests drive it)
         self.clock_override: Callable[[], int] | None = None  # Redis's clock (tests only)
+        # Synced by the process's background syncer (redisbreaker/syncer.py), unless
+        # turned off, on Redis Cluster, or while a test drives the clock.
+        self.background = options.background_sync
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._prefix_cache: tuple[str, bytes] | None = None
@@ -313,10 +316,15 @@ class BreakerCore:
         return batch
 
     def _report_locked(self) -> ScriptCall:
-        batch = self._take_locked()
+        return self._report_call(self._take_locked())
+
+    def _report_call(self, batch: tuple[Entry, ...]) -> ScriptCall:
+        """``breaker_report`` with ``batch``; the sender role goes with a non-empty one
+        (:meth:`_take_locked` took it)."""
         return ScriptCall(
-            "breaker_report", [*self.config_args(), *_flat(batch)], batch=batch, sender=True
-        )
+            "breaker_report", [*self.config_args(), *_flat(batch)], batch=batch,
+            sender=bool(batch),
+        )  # fmt: skip
 
     def sent(self, *, keep: bool = True) -> ScriptCall | None:
         """The sender's call went through: the next batch to send, or ``None`` with the
@@ -393,10 +401,24 @@ class BreakerCore:
                 batch: tuple[Entry, ...] = ()
             else:
                 batch = self._take_locked()
-        return ScriptCall(
-            "breaker_report", [*self.config_args(), *_flat(batch)], batch=batch,
-            sender=bool(batch),
-        )  # fmt: skip
+        return self._report_call(batch)
+
+    def background_call(self, now: float, lead: float) -> ScriptCall | None:
+        """The sync the process's background syncer sends for this breaker now
+        (redisbreaker/syncer.py), or ``None``. Due when the cached view ends within
+        ``lead`` and something was counted since the last script call, so a breaker
+        nobody calls costs nothing. Never during an outage (the calls' own probe finds
+        out when Redis is back), before the first script call, or while a thread is
+        sending (its call refreshes the view). Like ``sync()``, it takes no permit."""
+        if self.view is None or self.outage_since is not None or now < self.view_expires - lead:
+            return None
+        if not (self.pending or self.refused or self.ignored):
+            return None
+        with self._lock:
+            if self._sending:
+                return None
+            batch = self._take_locked()
+        return self._report_call(batch)
 
     def operate_call(
         self, command: str, open_for: object = None, *, reason: object = None,

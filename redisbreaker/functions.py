@@ -76,17 +76,20 @@ class _Caller:
         self.mode = mode
         self.script = client.register_script(scripts.source(name))  # the EVAL way
         self.function = scripts.library().functions[name]
+        # breaker_flush carries many breakers' heads, each with its settings text.
+        self.one_head = name != "breaker_flush"
 
     def fcall_args(self, keys: list[Any], args: list[Any]) -> list[Any]:
         """FCALL's arguments; the settings text left out when the library has it."""
-        fingerprint = args[SETTINGS_TEXT - 1]
+        fingerprint = args[SETTINGS_TEXT - 1] if self.one_head else None
         if fingerprint in self.mode.known:
             args = [*args[:SETTINGS_TEXT], "", *args[SETTINGS_TEXT + 1 :]]
         return [self.function, len(keys), *keys, *args]
 
     def answered(self, args: list[Any]) -> None:
         self.mode.fcall = True
-        self.mode.known.add(args[SETTINGS_TEXT - 1])
+        if self.one_head:
+            self.mode.known.add(args[SETTINGS_TEXT - 1])
 
     def refused(self, exc: rx.ResponseError, args: list[Any]) -> str:
         """What to do about FCALL's error: 'eval', 'load', 'again' or 'raise'."""

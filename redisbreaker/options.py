@@ -138,6 +138,7 @@ class BreakerOptions:
     sync_interval: float = 1.0
     max_pending: int = 10_000
     ttl: float = 7 * 86_400.0
+    background_sync: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -195,6 +196,10 @@ class BreakerOptions:
         _number("sync_interval", self.sync_interval, low=0.0, high=3600.0, low_open=True)
         _positive_int("max_pending", self.max_pending, maximum=10_000_000)
         _number("ttl", self.ttl, low=1.0, high=365 * 86_400.0)
+        if not isinstance(self.background_sync, bool):
+            raise ConfigurationError(
+                f"background_sync must be True or False, got {self.background_sync!r}"
+            )
         longest = self.backoff.max * 2 if self.backoff else self.reset_timeout
         if self.ttl < longest:
             raise ConfigurationError(
@@ -347,6 +352,7 @@ class BreakerSettings(TypedDict, total=False):
     sync_interval: float
     max_pending: int
     ttl: float
+    background_sync: bool
 
 
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(BreakerOptions))

@@ -103,7 +103,8 @@ def _join(order: list[tuple[str, str]]) -> Compiled:
 # The scripts that run as one Redis Functions library on Redis 7+ (see
 # redisbreaker/functions.py): the breaker's, called on every recorded failure.
 FUNCTION_SCRIPTS = (
-    "breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot", "gate_claim",
+    "breaker_admit", "breaker_report", "breaker_flush", "breaker_operate", "breaker_snapshot",
+    "gate_claim",
 )  # fmt: skip
 
 

@@ -85,8 +85,13 @@ class LuaVersusModel(RuleBasedStateMachine):
         self.keys = [keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r")]
         self.script = {
             n: self.make_script(n)
-            for n in ("breaker_admit", "breaker_report", "breaker_operate", "breaker_snapshot")
-        }
+            for n in (
+                "breaker_admit", "breaker_report", "breaker_flush", "breaker_operate",
+                "breaker_snapshot",
+            )
+        }  # fmt: skip
+        other = KeySpace.of("rbtest:", "cb", f"bystander{next(_names)}")
+        self.bystander = [other.key("s"), other.key("p"), other.key("b"), other.key("r")]
         self.model = BreakerModel()
         self.now = start
         self.gen = 0
@@ -145,6 +150,21 @@ class LuaVersusModel(RuleBasedStateMachine):
         reply = self.script["breaker_report"](keys=self.keys, args=args)
         view = self.model.report(self.argv(rand, note), self.now, batch)
         self.compare(reply, view)
+
+    @rule(pending=PENDING, stale=STALE, refused=st.sampled_from([0, 0, 2]))
+    def background_sync(self, pending: int, stale: bool, refused: int) -> None:
+        """A background sync (redisbreaker/syncer.py): breaker_flush with this breaker
+        between two others' syncs is, for this breaker, breaker_report."""
+        batch = [(self.gen - 1 if stale else self.gen, "0", pending, "")] if pending else []
+        if refused:
+            batch.append((self.gen, "n", refused, ""))
+        mine = [*self.argv(), *_flat(batch)]
+        theirs = [*self.argv(), *_flat([(0, "0", 2, "")])]
+        keys = [*self.bystander, *self.keys, *self.bystander]
+        args = [3, len(theirs), *theirs, len(mine), *mine, len(theirs), *theirs]
+        replies = self.script["breaker_flush"](keys=keys, args=args)
+        assert len(replies) == 3
+        self.compare(replies[1], self.model.report(self.argv(), self.now, batch))
 
     @rule(ms=st.sampled_from([1, 400, 999, 1000, 2500, 5000, 7000, 31000, 120000]))
     def advance(self, ms: int) -> None:

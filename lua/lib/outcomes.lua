@@ -1,6 +1,6 @@
 --! use: breaker
 -- Outcomes a process reports, applied in the order they completed. Used by
--- breaker_report and breaker_admit.
+-- breaker_report, breaker_flush and breaker_admit.
 --
 -- A batch is ARGV[first..], in runs of four: the generation the calls were admitted in,
 -- the outcome code ('0' success, '1' failure, '2' slow success, '3' slow failure,
@@ -58,4 +58,21 @@ local function apply_batch(s, first, now)
       end
     end
   end
+end
+
+-- What breaker_report does for one breaker (keys S, P, B, R; argv its head and batch):
+-- the breaker reply, or an error reply returned before any write. `now` is the call's
+-- TIME when the caller read it already (a clock override still wins).
+local function report(keys, argv, now)
+  local setup_error = breaker_setup(keys, argv)
+  if setup_error then return setup_error end
+  local bad = check_batch(OP)
+  if bad then return redis.error_reply(bad) end
+  if now == nil or cfg.clock ~= '' then now = now_ms(cfg.clock) end
+  local s = load(true)
+  if s.err then return s end
+  if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
+  apply_batch(s, OP, now)
+  save(s, now)
+  return reply(s, '', remain(s, now))
 end

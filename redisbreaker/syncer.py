@@ -1,0 +1,231 @@
+"""Background sync: a process's busy breakers refreshed together, off the call path.
+
+A process trusts its cached view of a breaker for ``sync_interval``; the view must then
+be refreshed, and the successes counted meanwhile carried to Redis. Left to the calls,
+that is one script call per breaker per process per interval, made by whichever call
+finds the view expired (it waits the round trip), and each one a command of its own:
+Redis spends most of a sync's CPU reading and answering the command, not running it
+(benchmarks/README.md, the capacity model). Here one thread per process and client
+(one task per event loop and client, for asyncio breakers) wakes a few times per
+interval and sends every breaker whose view is about to end, and that counted
+something since its last script call, in one ``breaker_flush`` call (up to
+:data:`CHUNK` breakers each): each breaker's step is ``breaker_report``'s, as its
+``sync()`` is. A busy breaker's calls then never wait for a sync, and a breaker nobody
+calls costs nothing.
+
+Not used on Redis Cluster (a script there may only touch keys of one hash slot, and
+each breaker has its own), nor for a breaker whose clock a test drives
+(``set_clock``), nor with ``background_sync=False``: those sync on the call path, as
+before. A flush that fails is each breaker's failed call (its outage policy applies,
+as it would to its own sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from redisbreaker.breaker_core import BreakerCore, ScriptCall
+from redisbreaker.errors import STORAGE_ERRORS
+from redisbreaker.options import BreakerOptions
+
+logger = logging.getLogger("redisbreaker")
+
+TICK_FRACTION = 0.25  # the syncer wakes 4 times per (shortest) sync_interval
+MIN_TICK, MAX_TICK = 0.005, 1.0  # seconds
+CHUNK = 100  # breakers per breaker_flush call: bounds one script's run (~2 ms)
+
+
+class Synced(Protocol):
+    """What the syncer needs of a breaker (both shells have it)."""
+
+    options: BreakerOptions
+
+    @property
+    def core(self) -> BreakerCore: ...
+
+    def flush_caller(self) -> Any: ...
+
+    def settle_background(self, call: ScriptCall, reply: Any) -> Any:
+        """Take the reply in (the asyncio shell's returns an awaitable)."""
+
+
+Due = tuple[Synced, ScriptCall]
+
+
+class Registry:
+    """The breakers one syncer looks after, and which are due (no I/O)."""
+
+    def __init__(self) -> None:
+        self._breakers: weakref.WeakSet[Synced] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, breaker: Synced) -> None:
+        with self._lock:
+            self._breakers.add(breaker)
+
+    def members(self) -> list[Synced]:
+        with self._lock:
+            return list(self._breakers)
+
+    def tick(self, breakers: Sequence[Synced]) -> float:
+        """Seconds between looks: a quarter of the shortest ``sync_interval``."""
+        shortest = min((b.options.sync_interval for b in breakers), default=MAX_TICK * 4)
+        return min(MAX_TICK, max(MIN_TICK, shortest * TICK_FRACTION))
+
+    def due(self, breakers: Sequence[Synced], lead: float) -> list[Due]:
+        """Each breaker whose view ends within ``lead`` and that counted something, with
+        the call that syncs it (the breaker holds the sender role when it carries
+        outcomes: :func:`settle` hands it back)."""
+        out: list[Due] = []
+        for breaker in breakers:
+            core = breaker.core
+            if core.background:
+                call = core.background_call(core.now(), lead)
+                if call is not None:
+                    out.append((breaker, call))
+        return out
+
+
+def chunks(due: list[Due]) -> Iterator[list[Due]]:
+    for start in range(0, len(due), CHUNK):
+        yield due[start : start + CHUNK]
+
+
+def pack(chunk: Sequence[Due]) -> tuple[list[Any], list[Any]]:
+    """``breaker_flush``'s KEYS and ARGV for ``chunk`` (see ``lua/breaker_flush.lua``)."""
+    keys: list[Any] = []
+    args: list[Any] = [len(chunk)]
+    for breaker, call in chunk:
+        keys += breaker.core.key_list
+        args += [len(call.args), *call.args]
+    return keys, args
+
+
+class Syncer:
+    """One process's background syncer for one sync client: a daemon thread that runs
+    while any of its breakers lives."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.registry = Registry()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, breaker: Synced) -> None:
+        self.registry.add(breaker)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="redisbreaker-sync", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            breakers = self.registry.members()
+            if not breakers:
+                with self._lock:
+                    if not self.registry.members():
+                        self._thread = None
+                        return
+                continue
+            tick = self.registry.tick(breakers)
+            del breakers  # hold no breaker while asleep: one dropped meanwhile may go
+            time.sleep(tick)
+            try:
+                self.sync_due(tick)
+            except Exception:  # never let the thread die; the calls sync by themselves
+                logger.exception("redisbreaker: background sync failed")
+
+    def sync_due(self, lead: float) -> int:
+        """Send every due breaker's sync; how many were due."""
+        due = self.registry.due(self.registry.members(), lead)
+        for chunk in chunks(due):
+            self._send(chunk)
+        return len(due)
+
+    def _send(self, chunk: list[Due]) -> None:
+        first = chunk[0][0]
+        keys, args = pack(chunk)
+        try:
+            replies = first.flush_caller()(keys=keys, args=args)
+        except STORAGE_ERRORS as exc:
+            replies = [exc] * len(chunk)
+        for (breaker, call), reply in zip(chunk, replies, strict=True):
+            breaker.settle_background(call, reply)
+
+
+class AsyncSyncer:
+    """The asyncio twin: one task per event loop and client."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, breaker: Synced) -> None:
+        self.registry.add(breaker)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            breakers = self.registry.members()
+            if not breakers:
+                return
+            tick = self.registry.tick(breakers)
+            del breakers
+            await asyncio.sleep(tick)
+            try:
+                await self.sync_due(tick)
+            except Exception:
+                logger.exception("redisbreaker: background sync failed")
+
+    async def sync_due(self, lead: float) -> int:
+        due = self.registry.due(self.registry.members(), lead)
+        for chunk in chunks(due):
+            await self._send(chunk)
+        return len(due)
+
+    async def _send(self, chunk: list[Due]) -> None:
+        first = chunk[0][0]
+        keys, args = pack(chunk)
+        try:
+            replies = await first.flush_caller()(keys=keys, args=args)
+        except STORAGE_ERRORS as exc:
+            replies = [exc] * len(chunk)
+        for (breaker, call), reply in zip(chunk, replies, strict=True):
+            await breaker.settle_background(call, reply)
+
+
+# -- one syncer per process (or event loop) and client ----------------------------------
+
+_syncers: weakref.WeakKeyDictionary[Any, Syncer] = weakref.WeakKeyDictionary()
+_async_syncers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Any, AsyncSyncer]
+] = weakref.WeakKeyDictionary()
+_syncers_lock = threading.Lock()
+
+
+def syncer_for(client: Any) -> Syncer:
+    """This process's syncer for ``client`` (a new one after fork)."""
+    with _syncers_lock:
+        syncer = _syncers.get(client)
+        if syncer is None or syncer.pid != os.getpid():
+            syncer = _syncers[client] = Syncer()
+        return syncer
+
+
+def async_syncer_for(client: Any) -> AsyncSyncer:
+    """The running event loop's syncer for ``client``."""
+    syncers = _async_syncers.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    syncer = syncers.get(client)
+    if syncer is None:
+        syncer = syncers[client] = AsyncSyncer()
+    return syncer

@@ -1,0 +1,150 @@
+"""The background syncer (redisbreaker/syncer.py) on a real Redis: a process's busy
+breakers are synced together, off the call path; idle ones cost nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+import redis.asyncio as aredis
+
+from redisbreaker import SharedBreaker
+from redisbreaker.aio import SharedBreaker as AsyncSharedBreaker
+from redisbreaker.breaker_core import BreakerCore
+from redisbreaker.keys import KeySpace
+from redisbreaker.options import BreakerOptions
+from redisbreaker.syncer import CHUNK, Registry, syncer_for
+from tests.helpers import ok, wait_for
+
+
+def _successes(breaker: SharedBreaker) -> int:
+    """The fleet total in Redis, read without the breaker (its own snapshot() would
+    refresh its view, and a fresh view is not due for a sync)."""
+    r = breaker.client
+    return int(r.hget(breaker.keys[0], "n_ok") or 0)
+
+
+def test_successes_reach_redis_with_no_further_call(r: redis.Redis) -> None:
+    """A process that stops calling still carries its counted successes to Redis
+    within about one sync_interval: the syncer flushes them, no call needed. Breakers
+    nobody calls are never sent (their keys do not exist)."""
+    busy = [SharedBreaker(f"bg-busy-{i}", client=r, sync_interval=0.2) for i in range(3)]
+    idle = [SharedBreaker(f"bg-idle-{i}", client=r, sync_interval=0.2) for i in range(3)]
+    for breaker in idle:
+        breaker.connect()
+    for breaker in busy:
+        for _ in range(6):  # the first asks Redis (there is no view yet); each is counted here
+            breaker.call(ok)
+    assert all(b.core.pending == 6 for b in busy)
+    assert wait_for(lambda: all(_successes(b) == 6 for b in busy), timeout=30)
+    assert all(b.core.pending == 0 for b in busy)
+    # The syncer has run (positive signal above); the idle breakers were never sent.
+    assert not any(r.exists(*b.keys) for b in idle)
+
+
+def test_turned_off_a_breaker_syncs_on_its_calls(r: redis.Redis) -> None:
+    """With background_sync=False, counted successes wait for the breaker's next
+    script call, as they did before the syncer."""
+    quiet = SharedBreaker("bg-off", client=r, sync_interval=0.2, background_sync=False)
+    witness = SharedBreaker("bg-witness", client=r, sync_interval=0.2)
+    for breaker in (quiet, witness):
+        for _ in range(4):
+            breaker.call(ok)
+    assert wait_for(lambda: _successes(witness) == 4, timeout=30)
+    assert quiet.core.pending == 4
+    assert _successes(quiet) == 0
+
+
+def test_many_breakers_go_in_few_calls(r: redis.Redis) -> None:
+    """More breakers than one call carries: every one is synced, in chunks."""
+    breakers = [
+        SharedBreaker(f"bg-many-{i}", client=r, sync_interval=0.3) for i in range(CHUNK + 7)
+    ]
+    for breaker in breakers:
+        breaker.call(ok)
+        breaker.call(ok)
+    assert wait_for(lambda: all(_successes(b) == 2 for b in breakers), timeout=60)
+
+
+def test_a_breaker_with_a_driven_clock_is_left_alone(r: redis.Redis) -> None:
+    """set_clock (tests' virtual time) takes a breaker out of the syncer, whose ticks
+    run on real time."""
+    breaker = SharedBreaker("bg-clock", client=r)
+    breaker.set_clock(lambda: 0.0, None)
+    assert breaker.core.background is False
+
+
+def test_the_syncer_reports_a_corrupt_breaker_and_syncs_the_others(r: redis.Redis) -> None:
+    """One breaker's bad state is that breaker's error; the others in the same call
+    are synced."""
+    good = SharedBreaker("bg-good", client=r, sync_interval=0.2)
+    bad = SharedBreaker("bg-bad", client=r, sync_interval=0.2)
+    for breaker in (good, bad):
+        breaker.call(ok)
+    r.hset(bad.keys[0], "st", "bogus")
+    for breaker in (good, bad):
+        breaker.call(ok)
+    assert wait_for(lambda: bad.core.errors >= 1, timeout=30)
+    assert "CorruptStateError" in (bad.core.last_error or "")
+    assert wait_for(lambda: _successes(good) == 2, timeout=30)
+
+
+def test_due_only_when_counted_and_about_to_expire() -> None:
+    """The registry's rule, without Redis: a breaker is due when its view ends within
+    the lead and it counted something; not before its first view, not in an outage,
+    not while another thread sends."""
+    core = BreakerCore("due", BreakerOptions(sync_interval=1.0), KeySpace.of("rb:", "cb", "due"))
+    reply = ["closed", 0, 0, 0, 0, 0, 0, 0, 0, "", "allow", "", "", 0, 0, 0, 0, 0, 0, 0]
+    assert core.background_call(100.0, 0.25) is None  # no view yet
+    core.apply(reply, 100.0)
+    assert core.background_call(100.8, 0.25) is None  # nothing counted
+    core.pending = 3
+    assert core.background_call(100.5, 0.25) is None  # the view has 0.5 s left
+    call = core.background_call(100.8, 0.25)
+    assert call is not None and call.script == "breaker_report" and call.sender
+    assert core.background_call(100.8, 0.25) is None  # it holds the sender role
+    core.sent(keep=False)
+    core.pending = 1
+    core.outage_since = 100.0
+    assert core.background_call(100.9, 0.25) is None
+
+
+def test_the_tick_follows_the_shortest_interval(r: redis.Redis) -> None:
+    breakers = [
+        SharedBreaker("bg-tick-a", client=r, sync_interval=2.0),
+        SharedBreaker("bg-tick-b", client=r, sync_interval=0.4),
+    ]
+    assert Registry().tick(breakers) == 0.1
+    assert Registry().tick([]) == 1.0
+    breakers[0].connect()
+    assert breakers[0] in syncer_for(r).registry.members()
+
+
+def test_asyncio_breakers_are_synced_by_a_task(redis_url: str) -> None:
+    async def main() -> tuple[int, int]:
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            breakers = [
+                AsyncSharedBreaker(f"bg-aio-{i}", client=client, sync_interval=0.2)
+                for i in range(3)
+            ]
+
+            async def fine() -> str:
+                return "ok"
+
+            for breaker in breakers:
+                for _ in range(4):
+                    await breaker.call(fine)
+            pending = sum(b.core.pending for b in breakers)
+            for _ in range(3000):  # until the task has flushed them (or 30 s)
+                totals = [int(await client.hget(b.keys[0], "n_ok") or 0) for b in breakers]
+                if totals == [4, 4, 4]:
+                    break
+                await asyncio.sleep(0.01)
+            return pending, sum(totals)
+        finally:
+            await client.aclose()
+
+    pending, flushed = asyncio.run(main())
+    assert pending == 12
+    assert flushed == 12

@@ -13,11 +13,12 @@ something since its last script call, in one ``breaker_flush`` call (up to
 ``sync()`` is. A busy breaker's calls then never wait for a sync, and a breaker nobody
 calls costs nothing.
 
-Not used on Redis Cluster (a script there may only touch keys of one hash slot, and
-each breaker has its own), nor for a breaker whose clock a test drives
-(``set_clock``), nor with ``background_sync=False``: those sync on the call path, as
-before. A flush that fails is each breaker's failed call (its outage policy applies,
-as it would to its own sync).
+On Redis Cluster a script may only touch keys of one hash slot, and each breaker has
+its own: there each due breaker is its own ``breaker_flush`` (EVALSHA), all in one
+pipeline, which the client sends as one round trip per master. A breaker whose clock
+a test drives (``set_clock``), or made with ``background_sync=False``, syncs on the
+call path, as before. A flush that fails is each breaker's failed call (its outage
+policy applies, as it would to its own sync).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from redis.exceptions import NoScriptError
+
 from redisbreaker.breaker_core import BreakerCore, ScriptCall
-from redisbreaker.errors import STORAGE_ERRORS
+from redisbreaker.events import is_cluster
 from redisbreaker.options import BreakerOptions
 
 logger = logging.getLogger("redisbreaker")
@@ -108,12 +111,44 @@ def pack(chunk: Sequence[Due]) -> tuple[list[Any], list[Any]]:
     return keys, args
 
 
+def flush_commands(chunk: Sequence[Due], sha: str) -> list[list[Any]]:
+    """On Redis Cluster: one ``EVALSHA breaker_flush`` per breaker (its keys share one
+    slot; a script may not touch several), for a pipeline that the client sends as
+    one round trip per master."""
+    out = []
+    for due in chunk:
+        keys, args = pack([due])
+        out.append(["EVALSHA", sha, len(keys), *keys, *args])
+    return out
+
+
+def unpack_cluster(results: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """Each breaker's reply from a Cluster pipeline's results, and the indexes of the
+    breakers whose master lacked the script (NOSCRIPT: load it and send them again)."""
+    replies: list[Any] = []
+    missing: list[int] = []
+    for i, result in enumerate(results):
+        if isinstance(result, NoScriptError):
+            missing.append(i)
+        replies.append(result[0] if isinstance(result, list) and len(result) == 1 else result)
+    return replies, missing
+
+
+def _settle_failed(breaker: Synced, call: ScriptCall) -> None:
+    """Taking a reply in raised (a defect): hand back what the call held, so the
+    breaker's own calls carry on."""
+    breaker.core.abandoned(call)
+    logger.exception("redisbreaker: background sync of %r failed", breaker.core.name)
+
+
 class Syncer:
     """One process's background syncer for one sync client: a daemon thread that runs
     while any of its breakers lives."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: Any) -> None:
         self.pid = os.getpid()
+        self.client = client
+        self.cluster = is_cluster(client)
         self.registry = Registry()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -152,20 +187,47 @@ class Syncer:
         return len(due)
 
     def _send(self, chunk: list[Due]) -> None:
-        first = chunk[0][0]
-        keys, args = pack(chunk)
+        """Every breaker in ``chunk`` gets its reply or an error: each holds what its
+        call took (its outcomes, the sender role) until then."""
         try:
-            replies = first.flush_caller()(keys=keys, args=args)
-        except STORAGE_ERRORS as exc:
+            replies = self._cluster_replies(chunk) if self.cluster else self._replies(chunk)
+        except Exception as exc:
             replies = [exc] * len(chunk)
         for (breaker, call), reply in zip(chunk, replies, strict=True):
-            breaker.settle_background(call, reply)
+            try:
+                breaker.settle_background(call, reply)
+            except Exception:
+                _settle_failed(breaker, call)
+
+    def _replies(self, chunk: list[Due]) -> list[Any]:
+        keys, args = pack(chunk)
+        replies: list[Any] = chunk[0][0].flush_caller()(keys=keys, args=args)
+        return replies
+
+    def _cluster_replies(self, chunk: list[Due]) -> list[Any]:
+        script = chunk[0][0].flush_caller().script  # EVALSHA on a Cluster
+        replies: list[Any] = [None] * len(chunk)
+        todo = list(range(len(chunk)))
+        for attempt in range(2):
+            pipe = self.client.pipeline()
+            for command in flush_commands([chunk[i] for i in todo], script.sha):
+                pipe.execute_command(*command)
+            found, missing = unpack_cluster(pipe.execute(raise_on_error=False))
+            for i, reply in zip(todo, found, strict=True):
+                replies[i] = reply
+            if not missing or attempt:
+                break
+            self.client.script_load(script.script)  # every master
+            todo = [todo[i] for i in missing]
+        return replies
 
 
 class AsyncSyncer:
     """The asyncio twin: one task per event loop and client."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cluster = is_cluster(client)
         self.registry = Registry()
         self._task: asyncio.Task[None] | None = None
 
@@ -194,14 +256,44 @@ class AsyncSyncer:
         return len(due)
 
     async def _send(self, chunk: list[Due]) -> None:
-        first = chunk[0][0]
-        keys, args = pack(chunk)
         try:
-            replies = await first.flush_caller()(keys=keys, args=args)
-        except STORAGE_ERRORS as exc:
+            if self.cluster:
+                replies = await self._cluster_replies(chunk)
+            else:
+                replies = await self._replies(chunk)
+        except Exception as exc:
             replies = [exc] * len(chunk)
+        except BaseException:  # cancelled (the loop is closing): hand everything back
+            for breaker, call in chunk:
+                breaker.core.abandoned(call)
+            raise
         for (breaker, call), reply in zip(chunk, replies, strict=True):
-            await breaker.settle_background(call, reply)
+            try:
+                await breaker.settle_background(call, reply)
+            except Exception:
+                _settle_failed(breaker, call)
+
+    async def _replies(self, chunk: list[Due]) -> list[Any]:
+        keys, args = pack(chunk)
+        replies: list[Any] = await chunk[0][0].flush_caller()(keys=keys, args=args)
+        return replies
+
+    async def _cluster_replies(self, chunk: list[Due]) -> list[Any]:
+        script = chunk[0][0].flush_caller().script
+        replies: list[Any] = [None] * len(chunk)
+        todo = list(range(len(chunk)))
+        for attempt in range(2):
+            pipe = self.client.pipeline()
+            for command in flush_commands([chunk[i] for i in todo], script.sha):
+                pipe.execute_command(*command)
+            found, missing = unpack_cluster(await pipe.execute(raise_on_error=False))
+            for i, reply in zip(todo, found, strict=True):
+                replies[i] = reply
+            if not missing or attempt:
+                break
+            await self.client.script_load(script.script)
+            todo = [todo[i] for i in missing]
+        return replies
 
 
 # -- one syncer per process (or event loop) and client ----------------------------------
@@ -218,7 +310,7 @@ def syncer_for(client: Any) -> Syncer:
     with _syncers_lock:
         syncer = _syncers.get(client)
         if syncer is None or syncer.pid != os.getpid():
-            syncer = _syncers[client] = Syncer()
+            syncer = _syncers[client] = Syncer(client)
         return syncer
 
 
@@ -227,5 +319,5 @@ def async_syncer_for(client: Any) -> AsyncSyncer:
     syncers = _async_syncers.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
     syncer = syncers.get(client)
     if syncer is None:
-        syncer = syncers[client] = AsyncSyncer()
+        syncer = syncers[client] = AsyncSyncer(client)
     return syncer

@@ -7,13 +7,17 @@ import asyncio
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster as ClusterClient
 
 from redisbreaker import SharedBreaker
 from redisbreaker.aio import SharedBreaker as AsyncSharedBreaker
 from redisbreaker.breaker_core import BreakerCore
+from redisbreaker.config import async_client_from_url
 from redisbreaker.keys import KeySpace
 from redisbreaker.options import BreakerOptions
 from redisbreaker.syncer import CHUNK, Registry, syncer_for
+from redisbreaker.testing.servers import RedisCluster
 from tests.helpers import ok, wait_for
 
 
@@ -148,3 +152,51 @@ def test_asyncio_breakers_are_synced_by_a_task(redis_url: str) -> None:
     pending, flushed = asyncio.run(main())
     assert pending == 12
     assert flushed == 12
+
+
+def test_on_a_cluster_each_master_gets_one_pipeline(cc: ClusterClient) -> None:
+    """On Redis Cluster each breaker is its own breaker_flush (its slot), pipelined per
+    master; a master that lost the script (SCRIPT FLUSH) gets it again."""
+    breakers = [SharedBreaker(f"bg-cluster-{i}", client=cc, sync_interval=0.2) for i in range(12)]
+    assert len({cc.keyslot(b.keys[0]) for b in breakers}) > 1  # type: ignore[no-untyped-call]
+    for breaker in breakers:
+        for _ in range(3):
+            breaker.call(ok)
+    assert wait_for(lambda: all(_successes(b) == 3 for b in breakers), timeout=30)
+    cc.script_flush()  # every master
+    for breaker in breakers:
+        breaker.call(ok)
+    assert wait_for(lambda: all(_successes(b) == 4 for b in breakers), timeout=30)
+    assert all(b.core.errors == 0 for b in breakers)
+
+
+def test_asyncio_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    async def main() -> list[int]:
+        client = async_client_from_url(redis_cluster.url)
+        assert isinstance(client, AsyncRedisCluster)
+        try:
+            breakers = [
+                AsyncSharedBreaker(f"bg-acluster-{i}", client=client, sync_interval=0.2)
+                for i in range(6)
+            ]
+
+            async def fine() -> str:
+                return "ok"
+
+            for breaker in breakers:
+                for _ in range(2):
+                    await breaker.call(fine)
+            await client.script_flush()
+            for breaker in breakers:
+                await breaker.call(fine)
+            for _ in range(3000):
+                totals = [int(await client.hget(b.keys[0], "n_ok") or 0) for b in breakers]
+                if totals == [3] * 6:
+                    break
+                await asyncio.sleep(0.01)
+            return totals
+        finally:
+            await client.aclose()
+
+    redis_cluster.flushall()
+    assert asyncio.run(main()) == [3] * 6

@@ -17,7 +17,7 @@ from redisbreaker.breaker_base import BreakerBase, decode
 from redisbreaker.breaker_core import SENDER_ROUNDS, ScriptCall, Ticket
 from redisbreaker.durability import marker_watch
 from redisbreaker.errors import STORAGE_ERRORS, StorageError
-from redisbreaker.events import async_hub_for, is_cluster
+from redisbreaker.events import async_hub_for
 from redisbreaker.state import Code, Snapshot, View
 from redisbreaker.syncer import async_syncer_for
 
@@ -43,7 +43,7 @@ class SharedBreaker(BreakerBase):
 
     def _join_hub(self, client: Any) -> None:
         async_hub_for(client).add(self._core.channel, self._core.keys.tag, self, decode)
-        if self._core.background and not is_cluster(client):
+        if self._core.background:
             async_syncer_for(client).add(self)
 
     # -- Redis I/O (the sync shell's loops, with await) ---------------------------------

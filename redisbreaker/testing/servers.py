@@ -649,9 +649,18 @@ class RedisSentinel:
         demoted later, when Sentinel reconfigures it). Return the new master's port once
         every sentinel names it."""
         old = self.master_port()
-        with self.sentinel_nodes[0].client() as client:
-            client.execute_command("SENTINEL", "FAILOVER", self.service_name)
         deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.sentinel_nodes[0].client() as client:
+                    client.execute_command("SENTINEL", "FAILOVER", self.service_name)
+                break
+            except redis.ResponseError as exc:
+                # Right after a heal a sentinel may not have judged the restarted
+                # replicas yet (it reads each one's INFO every 10 s at most): wait.
+                if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError):
                 port = self._agreed_master()

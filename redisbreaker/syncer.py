@@ -321,3 +321,13 @@ def async_syncer_for(client: Any) -> AsyncSyncer:
     if syncer is None:
         syncer = syncers[client] = AsyncSyncer(client)
     return syncer
+
+
+def _after_fork_in_child() -> None:
+    # The parent's syncer threads are gone, and a lock one of them held stays held.
+    global _syncers_lock
+    _syncers_lock = threading.Lock()
+    _syncers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -4,6 +4,9 @@ breakers are synced together, off the call path; idle ones cost nothing."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
+import time
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -200,3 +203,28 @@ def test_asyncio_on_a_cluster(redis_cluster: RedisCluster) -> None:
 
     redis_cluster.flushall()
     assert asyncio.run(main()) == [3] * 6
+
+
+def _child_calls(breaker: SharedBreaker, done: Any) -> None:
+    for _ in range(5):
+        breaker.call(ok)
+    done.put(breaker.core.pending)  # then the child waits; its own syncer flushes them
+    time.sleep(60)
+
+
+def test_a_forked_child_gets_its_own_syncer(redis_url: str) -> None:
+    """The parent's syncer thread does not survive a fork; a breaker used before the
+    fork syncs in the child through the child's own syncer."""
+    ctx = mp.get_context("fork")
+    breaker = SharedBreaker("bg-forked", client=redis.Redis.from_url(redis_url), sync_interval=0.2)
+    breaker.call(ok)  # bound, and its one success flushed, in the parent
+    assert wait_for(lambda: _successes(breaker) == 1, timeout=30)
+    done = ctx.Queue()
+    child = ctx.Process(target=_child_calls, args=(breaker, done), daemon=True)
+    child.start()
+    try:
+        assert done.get(timeout=30) == 5
+        assert wait_for(lambda: _successes(breaker) == 6, timeout=30)
+    finally:
+        child.kill()
+        child.join(10)

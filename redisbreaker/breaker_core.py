@@ -408,11 +408,16 @@ class BreakerCore:
         (redisbreaker/syncer.py), or ``None``. Due when the cached view ends within
         ``lead`` and something was counted since the last script call, so a breaker
         nobody calls costs nothing. Never during an outage (the calls' own probe finds
-        out when Redis is back), before the first script call, or while a thread is
-        sending (its call refreshes the view). Like ``sync()``, it takes no permit."""
-        if self.view is None or self.outage_since is not None or now < self.view_expires - lead:
+        out when Redis is back), before the first script call, while a thread is
+        sending (its call refreshes the view), or half-open (each call asks Redis for a
+        permit anyway, and a refusal it caches must stand). Like ``sync()``, it takes
+        no permit."""
+        view = self.view
+        if view is None or self.outage_since is not None or now < self.view_expires - lead:
             return None
-        if not (self.pending or self.refused or self.ignored):
+        if view.state is State.HALF_OPEN:
+            return None
+        if not (self.pending or self.refused or self.ignored or self._outbox):
             return None
         with self._lock:
             if self._sending:

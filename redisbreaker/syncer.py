@@ -85,7 +85,7 @@ class Registry:
     def due(self, breakers: Sequence[Synced], lead: float) -> list[Due]:
         """Each breaker whose view ends within ``lead`` and that counted something, with
         the call that syncs it (the breaker holds the sender role when it carries
-        outcomes: :func:`settle` hands it back)."""
+        outcomes: its ``settle_background`` hands it back)."""
         out: list[Due] = []
         for breaker in breakers:
             core = breaker.core

@@ -98,8 +98,8 @@ def test_the_syncer_reports_a_corrupt_breaker_and_syncs_the_others(r: redis.Redi
 
 def test_due_only_when_counted_and_about_to_expire() -> None:
     """The registry's rule, without Redis: a breaker is due when its view ends within
-    the lead and it counted something; not before its first view, not in an outage,
-    not while another thread sends."""
+    the lead and it counted something; not before its first view, not half-open, not
+    in an outage, not while another thread sends."""
     core = BreakerCore("due", BreakerOptions(sync_interval=1.0), KeySpace.of("rb:", "cb", "due"))
     reply = ["closed", 0, 0, 0, 0, 0, 0, 0, 0, "", "allow", "", "", 0, 0, 0, 0, 0, 0, 0]
     assert core.background_call(100.0, 0.25) is None  # no view yet
@@ -111,9 +111,15 @@ def test_due_only_when_counted_and_about_to_expire() -> None:
     assert call is not None and call.script == "breaker_report" and call.sender
     assert core.background_call(100.8, 0.25) is None  # it holds the sender role
     core.sent(keep=False)
+    core.refused = 2
+    core.apply(["half_open", 1, 0, *reply[3:]], 101.0)
+    assert core.background_call(101.9, 0.25) is None  # its calls ask Redis anyway
+    core.apply(["open", 2, 5000, *reply[3:]], 102.0)
+    assert core.background_call(102.9, 0.25) is not None  # refused calls counted
+    core.sent(keep=False)
     core.pending = 1
     core.outage_since = 100.0
-    assert core.background_call(100.9, 0.25) is None
+    assert core.background_call(103.9, 0.25) is None
 
 
 def test_the_tick_follows_the_shortest_interval(r: redis.Redis) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import msgpack
 
-from redisbreaker import scripts
+from redisbreaker import forking, scripts
 from redisbreaker.errors import (
     BreakerUnavailableError,
     CircuitOpenError,
@@ -86,10 +86,11 @@ def origin() -> str:
     """An id for this process: its label (host name or worker), pid and a random part
     (fresh after fork)."""
     global _origin_cache
-    pid = os.getpid()
-    if _origin_cache is None or _origin_cache[0] != pid:
+    # The fork epoch, not os.getpid(): a system call, and every script call asks.
+    if _origin_cache is None or _origin_cache[0] != forking.epoch:
         label = _process_label or socket.gethostname()
-        _origin_cache = (pid, f"{label}:{pid}:{uuid.uuid4().hex[:8]}")
+        pid = os.getpid()
+        _origin_cache = (forking.epoch, f"{label}:{pid}:{uuid.uuid4().hex[:8]}")
     return _origin_cache[1]
 
 

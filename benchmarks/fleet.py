@@ -4,20 +4,23 @@ Three parts, all reading Redis CPU from the server's own counters (``INFO cpu``
 ``used_cpu_user + used_cpu_sys``), never from wall time:
 
 1. **Constants** (``benchmarks/fleet_costs.py``): server CPU per operation, through
-   the library: ``c_sync`` (a lazy sync: ``breaker_admit`` carrying the successes
-   counted meanwhile), ``c_record`` (a recorded failure), ``c_transition`` and
-   ``c_event`` (an operator's open or reset, and its delivery to each subscriber),
-   ``c_vote`` and ``c_begin`` (transactions), ``c_conn`` and ``c_idle``, one request
-   at a time from one client; ``c_sync`` and ``c_record`` again under load; and the
-   proposed syncs: the library's flush calls pipelined (``c_pipe``) and a prototype
-   multi-breaker flush (``c_flush``).
+   the library: ``c_flush`` and ``c_flush_call`` (the background syncer's
+   ``breaker_flush``: per breaker, and per call), ``c_sync`` (a lazy sync:
+   ``breaker_admit`` carrying the successes counted meanwhile), ``c_record`` (a
+   recorded failure), ``c_transition`` and ``c_event`` (an operator's open or reset,
+   and its delivery to each subscriber), ``c_vote`` and ``c_begin`` (transactions),
+   ``c_conn`` and ``c_idle``, one request at a time from one client; the flush,
+   ``c_sync`` and ``c_record`` again under load; and the library's report calls
+   pipelined (``c_pipe``, the ``batched`` strategy).
 2. **Fleets** up to P = 1000 and B = 100: the library itself
-   (``benchmarks/fleet_sim.py``: each simulated process its own client, connection
-   and hub), and the library's requests replayed at the load the model calls half a
-   core (``benchmarks/fleet_replay.py``). Measured CPU and script calls against
+   (``benchmarks/fleet_sim.py``: each simulated process its own client, connection,
+   hub and background syncer; ``lazy`` fleets turn it off: ``background_sync=False``), and
+   the library's requests replayed at the load the model calls half a core
+   (``benchmarks/fleet_replay.py``). Measured CPU and script calls against
    :mod:`benchmarks.fleet_model`'s prediction.
-3. **The largest fleet at 50% of one core**, from the model, per sync strategy, and
-   what P = 1000 x B = 100 would need.
+3. **The largest fleet at 50% of one core**, from the model, per sync strategy
+   (``synced``: the library on one server; ``lazy``: the library before the syncer,
+   or with ``background_sync=False``), and what P = 1000 x B = 100 would need.
 
 Run alone: ``python -m benchmarks.fleet [--url URL] [--tiny]``.
 """
@@ -71,26 +74,30 @@ class Case:
     warm: float
     window: float
     workers: int = 2
-    idle_after_warm: bool = False  # calls stop when measuring starts: idle breakers
+    idle_after_warm: bool = False  # calls stop before measuring starts: idle breakers
     at_budget: bool = False  # the size the model says one core carries at BUDGET
 
 
 def library_cases(cfg: Config) -> list[Case]:
     if cfg.tiny:
+        tiny = Fleet(4, 3, calls=20.0, failure_share=0.05, sync_interval=0.25, transitions=4.0,
+                     votes=100.0)  # fmt: skip
         return [
-            Case("tiny", Fleet(4, 3, calls=20.0, failure_share=0.05, sync_interval=0.25,
-                               transitions=4.0, votes=100.0), "library", 0.6, 1.0, 1),
-        ]  # fmt: skip
+            Case("tiny", tiny, "library", 0.6, 1.0, 1),
+            Case("tiny lazy", replace(tiny, strategy="lazy"), "library", 0.6, 1.0, 1),
+        ]
+    t5 = Fleet(100, 100, calls=0.5, failure_share=0.01, sync_interval=5.0)
     return [
         Case("100x10", Fleet(100, 10, calls=2.0, failure_share=0.01), "library", 4, 12),
-        Case("100x100 T=5s", Fleet(100, 100, calls=0.5, failure_share=0.01, sync_interval=5.0),
-             "library", 10, 20, 4),
-        Case("100x100 T=5s batched", Fleet(100, 100, calls=0.5, failure_share=0.01,
-             sync_interval=5.0, strategy="batched"), "library", 10, 20, 4),
+        Case("100x10 lazy", Fleet(100, 10, calls=2.0, failure_share=0.01, strategy="lazy"),
+             "library", 4, 12),
+        Case("100x100 T=5s", t5, "library", 10, 20, 4),
+        Case("100x100 T=5s lazy", replace(t5, strategy="lazy"), "library", 10, 20, 4),
+        Case("100x100 T=5s batched", replace(t5, strategy="batched"), "library", 10, 20, 4),
         Case("1000x10 T=5s", Fleet(1000, 10, calls=0.5, failure_share=0.01, sync_interval=5.0),
              "library", 10, 20, 4),
         Case("1000x100 T=30s", Fleet(1000, 100, calls=0.05, failure_share=0.01,
-             sync_interval=30.0), "library", 50, 50, 4),
+             sync_interval=30.0), "library", 50, 50, 8),
         Case("200x10 + events, votes", Fleet(200, 10, calls=2.0, failure_share=0.01,
              transitions=10.0, votes=300.0), "library", 4, 12, 4),
         Case("200x50 idle", Fleet(200, 50, calls=2.0, sync_interval=1.0), "library", 4, 10, 4,
@@ -106,19 +113,12 @@ def replay_cases(cfg: Config, c: Constants) -> list[Case]:
                 for s in STRATEGIES]  # fmt: skip
     cases = []
     for b in (100, 10):
-        shape = replace(REFERENCE, breakers=b, transitions=3 * b / 3600)
-        p = largest(shape, c, BUDGET)
-        if p < 1:
-            continue
-        fleet = shape.with_processes(p)
-        cases.append(Case(f"{p}x{b} lazy, model 50%", fleet, "replay", 3, 15, at_budget=True))
-        if b == 100:  # the same fleet, synced the proposed ways
-            for s in STRATEGIES[1:]:
-                cases.append(Case(f"{p}x{b} {s}", replace(fleet, strategy=s), "replay", 3, 15))
-            flush = replace(shape, strategy="flush")
-            q = largest(flush, c, BUDGET)
-            cases.append(Case(f"{q}x{b} flush, model 50%", flush.with_processes(q), "replay",
-                              3, 15, at_budget=True))  # fmt: skip
+        for s in STRATEGIES if b == 100 else STRATEGIES[:2]:
+            shape = replace(REFERENCE, breakers=b, transitions=3 * b / 3600, strategy=s)
+            p = largest(shape, c, BUDGET)
+            if p >= 1:
+                cases.append(Case(f"{p}x{b} {s}, model 50%", shape.with_processes(p), "replay",
+                                  3, 15, at_budget=True))  # fmt: skip
     return cases
 
 
@@ -186,7 +186,7 @@ class Outcome:
 
 
 def run_case(
-    cfg: Config, case: Case, c: Constants, captured: list[replay.Captured], channel: str
+    cfg: Config, case: Case, c: Constants, captured: replay.Capture, channel: str
 ) -> Outcome:
     """Run one fleet; its measurement beside the model's prediction."""
     prefix = f"rbfleet{uuid.uuid4().hex[:6]}:"
@@ -203,7 +203,10 @@ def run_case(
         traffic = _traffic(cfg.url, prefix, fleet)
         run = sim.run_library(
             cfg.url, fleet, prefix=prefix, warm=case.warm, window=case.window,
-            workers=case.workers, calls_until=case.warm if case.idle_after_warm else None,
+            workers=case.workers,
+            # (the syncers carry what was counted within a tick of the view's end: calls
+            # stop 2 sync_intervals before measuring, so the window sees none of it)
+            calls_until=case.warm - 2 * fleet.sync_interval if case.idle_after_warm else None,
             during=traffic,
         )  # fmt: skip
         if case.idle_after_warm:  # nothing is called while measuring
@@ -350,7 +353,16 @@ def _constant_notes(
 
     paced = [f"{med[k]:.0f} µs at {k.split('@')[1]}" for k in med if k.startswith("sync@")]
     share = max(max(v) for v in loaded["cpu_share"].values())
+    lmed = loaded["median_us"]
+    llow, lhigh = loaded["flush_depths"]
     return [
+        f"the background syncer's breaker_flush, µs of Redis CPU per breaker, one client "
+        f"sending one call at a time: {low} per call {med[f'flush{low}']:.1f}"
+        f"{e(f'flush{low}')}, {high} per call {med[f'flush{high}']:.1f}{e(f'flush{high}')}"
+        f": c_flush {quiet.flush:.1f} per breaker + c_flush_call {quiet.flush_call:.1f} "
+        f"per call; under load ({loaded['processes']} processes) {llow} per call "
+        f"{lmed[f'flush{llow}']:.1f}, {lhigh} per call {lmed[f'flush{lhigh}']:.1f}: "
+        f"c_flush {c.flush:.1f} + c_flush_call {c.flush_call:.1f}",
         f"constants, µs of Redis CPU per operation, one client sending one request at a "
         f"time (medians of {data['rounds']} rounds of {data['ops_per_round']}): c_sync "
         f"{quiet.sync:.1f}{e('sync')}, c_record {quiet.record:.1f}{e('record')}, "
@@ -361,12 +373,9 @@ def _constant_notes(
         f"under load ({loaded['processes']} processes x {loaded['breakers']} breakers "
         f"replayed, up to {100 * share:.0f}% of a core): c_sync {c.sync:.1f}, c_record "
         f"{c.record:.1f}; the model sizes with these",
-        f"proposed syncs, µs per breaker: the library's flush calls pipelined, {low} per "
-        f"round trip {med[f'pipe{low}']:.1f}{e(f'pipe{low}')}, {high} per round trip "
-        f"{med[f'pipe{high}']:.1f}; one prototype multi-breaker flush call of {low} "
-        f"{med[f'flush{low}']:.1f}, of {high} {med[f'flush{high}']:.1f}; the prototype "
-        f"one breaker per call (Cluster), {low} per pipeline {med[f'flush1x{low}']:.1f}, "
-        f"{high} per pipeline {med[f'flush1x{high}']:.1f}",
+        f"batched, µs per breaker: the library's report calls pipelined (FCALL), "
+        f"{low} per round trip {med[f'pipe{low}']:.1f}{e(f'pipe{low}')}, {high} per round "
+        f"trip {med[f'pipe{high}']:.1f}{e(f'pipe{high}')}",
         *(
             [f"a lazy sync paced by one client costs {', '.join(paced)}: a quiet Redis "
              "spends more per operation, so below a tenth of a core the model reads low"]

@@ -6,13 +6,14 @@ time. Two ways:
 
 * **one client, one request at a time** (:func:`measure_constants`): every constant,
   each driven through the library's own API, rounds interleaved, medians;
-* **under load** (:func:`measure_under_load`): ``c_sync`` and ``c_record`` again, from
-  the library's captured requests replayed by 100 processes at about a third of a
-  core, where several clients are served per wake-up of the server. Sizing uses these.
+* **under load** (:func:`measure_under_load`): ``c_sync``, ``c_record`` and the
+  background syncer's flush again, from the library's captured requests replayed by
+  100 processes at about 40% of a core, where several clients are served per wake-up
+  of the server. Sizing uses these.
 
-The batched designs are measured here too: the library's own flush calls pipelined
-(``c_pipe``), and ``fleet_replay.PROTOTYPE_FLUSH``, a script that is not the
-library's: the least a multi-breaker flush must do, to size the design (``c_flush``).
+The background syncer's ``breaker_flush`` (``c_flush`` per breaker, ``c_flush_call``
+per call: sent by the library's own ``Syncer``) is measured at two depths, and so is
+the library's report calls pipelined (``c_pipe``, strategy ``batched``).
 """
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ import redis
 
 from benchmarks import fleet_replay as replay
 from benchmarks import fleet_sim as sim
-from benchmarks.fleet_model import CONNECTIONS_PER_PROCESS, Constants, Fleet, fit_pipeline
+from benchmarks.fleet_model import (
+    CONNECTIONS_PER_PROCESS,
+    Constants,
+    Fleet,
+    fit_pipeline,
+)
 from benchmarks.harness import Config
 from redisbreaker.bench import Boom
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.config import client_from_url
+from redisbreaker.syncer import Syncer
 from redisbreaker.transaction import Transaction
 
 PIPE_DEPTHS = (10, 100)
@@ -129,14 +136,26 @@ class Probe:
         self.flip = self._breaker("flip", 3600.0)
         self.flipped = False
         self.pipes = {d: self._flusher(f"pipe{d}", d) for d in PIPE_DEPTHS}
-        self.flush_args: dict[int, list[Any]] = {}
-        self.one_by_one: dict[int, list[list[Any]]] = {}
+        self.syncers = {d: self._syncer(f"flush{d}", d) for d in PIPE_DEPTHS}
         for b in [*self.lazy, *self.warm, self.flip]:
             b.call(sim.ok)
 
     def _breaker(self, name: str, sync_interval: float) -> SharedBreaker:
+        """A breaker the process's background syncer leaves alone: every request here
+        is the one measured."""
         return SharedBreaker(name, client=self.client, prefix=self.prefix, fail_max=sim.NEVER,
-                             sync_interval=sync_interval)  # fmt: skip
+                             sync_interval=sync_interval, background_sync=False)  # fmt: skip
+
+    def _syncer(self, name: str, depth: int) -> tuple[Syncer, list[SharedBreaker]]:
+        """The library's background syncer, not started, over ``depth`` breakers of its
+        own (``sync_due`` is then one ``breaker_flush`` of the due ones)."""
+        syncer = Syncer(self.client)
+        breakers = [self._breaker(f"{name}-{j}", 3600.0) for j in range(depth)]
+        for b in breakers:
+            b.call(sim.ok)
+            b.core.background = True  # for this syncer only
+            syncer.registry.add(b)
+        return syncer, breakers
 
     def _flusher(self, name: str, depth: int) -> sim.Flusher:
         breakers = [self._breaker(f"{name}-{j}", 3600.0) for j in range(depth)]
@@ -183,32 +202,15 @@ class Probe:
         return done
 
     def flushed(self, depth: int, n: int) -> int:
-        """n breakers flushed by the prototype multi-breaker flush, ``depth`` per call."""
-        args = self.flush_args.get(depth)
-        if args is None:  # (read once, untimed: the warm-up makes them)
-            keys = [b.core.key_list[0] for b in self.pipes[depth].breakers]
-            args = self.flush_args[depth] = replay.prototype_args(self.client, keys)
+        """n breakers synced by the library's background syncer, ``depth`` per
+        ``breaker_flush`` call, each carrying a success."""
+        syncer, breakers = self.syncers[depth]
         done = 0
         while done < n:
-            self.client.execute_command(*args)
-            done += depth
-        return done
-
-    def flushed_one_by_one(self, depth: int, n: int) -> int:
-        """n breakers flushed by the prototype, one call each (as a Cluster needs: a
-        script touches one slot), ``depth`` calls per pipeline."""
-        calls = self.one_by_one.get(depth)
-        if calls is None:  # (read once, untimed: the warm-up makes them)
-            keys = [b.core.key_list[0] for b in self.pipes[depth].breakers]
-            calls = self.one_by_one[depth] = [
-                replay.prototype_args(self.client, [key]) for key in keys
-            ]
-        pipe = self.client.pipeline(transaction=False)
-        done = 0
-        while done < n:
-            for args in calls:
-                pipe.execute_command(*args)
-            pipe.execute()
+            for b in breakers:
+                b.call(sim.ok)  # counted locally (its view is good for an hour)
+            if syncer.sync_due(lead=1e9) != depth:  # the lead: every view is due
+                raise RuntimeError(f"the syncer did not flush all {depth} breakers")
             done += depth
         return done
 
@@ -233,15 +235,14 @@ def measure_constants(cfg: Config, prefix: str) -> tuple[Constants, dict[str, An
 
     def note(name: str, d: sim.Delta, ops: int) -> None:
         samples.setdefault(name, []).append(d.cpu / ops * 1e6)
-        if d.scripts:
-            execs.setdefault(name, []).append(d.script_usec / d.scripts)
+        if d.scripts:  # per operation: per breaker for a flush of many
+            execs.setdefault(name, []).append(d.script_usec / ops)
 
     ops: dict[str, Callable[[int], int]] = {
         "sync": probe.sync,
         "record": probe.record,
         **{f"pipe{d}": functools.partial(probe.pipelined, d) for d in PIPE_DEPTHS},
         **{f"flush{d}": functools.partial(probe.flushed, d) for d in PIPE_DEPTHS},
-        **{f"flush1x{d}": functools.partial(probe.flushed_one_by_one, d) for d in PIPE_DEPTHS},
     }
     try:
         for op in ops.values():  # untimed: scripts loaded and compiled, connections made
@@ -278,12 +279,12 @@ def measure_constants(cfg: Config, prefix: str) -> tuple[Constants, dict[str, An
     event = max(0.0, (med["transition_heard"] - med["transition"]) / listeners)
     low, high = PIPE_DEPTHS
     pipe_exec, pipe_net = fit_pipeline(low, med[f"pipe{low}"], high, med[f"pipe{high}"])
-    flush_exec, flush_net = fit_pipeline(low, med[f"flush{low}"], high, med[f"flush{high}"])
+    flush, flush_call = fit_pipeline(low, med[f"flush{low}"], high, med[f"flush{high}"])
     constants = Constants(
         sync=med["sync"], record=med["record"], transition=med["transition"], event=event,
         vote=med["vote"], begin=med["begin"], conn=conn, idle=idle * 1e6,
+        flush=max(0.0, flush), flush_call=max(0.0, flush_call),
         pipe_exec=max(0.0, pipe_exec), pipe_net=max(0.0, pipe_net),
-        flush_exec=max(0.0, flush_exec), flush_net=max(0.0, flush_net),
     )  # fmt: skip
     data = {"median_us": med, "exec_us": exec_med, "samples_us": samples, "idle_share": idle,
             "ops_per_round": n, "rounds": rounds, "listeners": listeners}  # fmt: skip
@@ -343,36 +344,54 @@ def _idle_connections(cfg: Config, info: redis.Redis, idle: float) -> float:
 
 
 def measure_under_load(
-    cfg: Config, quiet: Constants, captured: list[replay.Captured], channel: str
+    cfg: Config, quiet: Constants, captured: replay.Capture, channel: str
 ) -> tuple[Constants, dict[str, Any]]:
-    """``c_sync`` and ``c_record`` near capacity: the library's captured requests, each
-    kind alone, replayed by P processes (one request in flight each) at the rate the
-    one-client constant says is 40% of a core; the server's CPU less its idle part,
-    per script call. The model sizes with these."""
+    """``c_sync``, ``c_record`` and the syncer's flush near capacity: the library's
+    captured requests, each kind alone, replayed by P processes (one request in flight
+    each) at the rate the one-client constants say is 40% of a core; the server's CPU
+    less its idle part, per script call (per breaker for a flush, at two depths, then
+    fitted: ``c_flush`` per breaker and ``c_flush_call`` per call). The model sizes
+    with these."""
     p, b = cfg.pick(100, 4), cfg.pick(100, 5)
-    rounds = cfg.pick(2, 1)
+    depths = cfg.pick(PIPE_DEPTHS, (2, 5))
+    rounds = cfg.pick(3, 1)
     warm, window = cfg.pick(3.0, 0.3), cfg.pick(10.0, 0.7)
-    kinds = {
+    assert quiet.flush is not None
+    assert quiet.flush_call is not None
+    kinds: dict[str, tuple[Fleet, replay.FlushPlan | None]] = {
         # Every breaker of every process synced once per T, nothing failing.
-        "sync": Fleet(p, b, calls=1e9, sync_interval=p * b * quiet.sync / 0.4e6),
+        "sync": (Fleet(p, b, calls=1e9, sync_interval=p * b * quiet.sync / 0.4e6,
+                       strategy="lazy"), None),
         # Only recorded failures (the lease never ends, so no sync).
-        "record": Fleet(p, b, calls=0.4e6 / quiet.record / (p * b), failure_share=1.0,
-                        sync_interval=3600.0),
+        "record": (Fleet(p, b, calls=0.4e6 / quiet.record / (p * b), failure_share=1.0,
+                         sync_interval=3600.0, strategy="lazy"), None),
     }  # fmt: skip
+    for d in depths:  # each process's syncer flushing d breakers per wake
+        every = p * (d * quiet.flush + quiet.flush_call) / 0.4e6
+        fleet = Fleet(p, d, calls=1e9, sync_interval=4 * every, strategy="synced")
+        kinds[f"flush{d}"] = (fleet, replay.FlushPlan.fixed(every, d))
     samples: dict[str, list[float]] = {k: [] for k in kinds}
     shares: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(rounds):
         order = list(kinds)
         random.shuffle(order)
         for kind in order:
-            fleet = kinds[kind]
-            run = replay.run_replay(cfg.url, fleet, captured[:b], channel=channel, warm=warm,
-                                 window=window, workers=2)  # fmt: skip
+            fleet, plan = kinds[kind]
+            run = replay.run_replay(cfg.url, fleet, captured, channel=channel, warm=warm,
+                                    window=window, workers=2, plan=plan)  # fmt: skip
             d = run.delta
             base = quiet.idle + fleet.processes * CONNECTIONS_PER_PROCESS * quiet.conn
-            samples[kind].append((d.cpu / d.seconds * 1e6 - base) / (d.scripts / d.seconds))
+            # Script calls as the replay counted them sent (not INFO commandstats:
+            # another client of this Redis, or a CONFIG RESETSTAT, would skew those).
+            per = run.total("requests") / d.seconds
+            per *= fleet.breakers if plan is not None else 1
+            samples[kind].append((d.cpu / d.seconds * 1e6 - base) / per)
             shares[kind].append(d.cpu_share)
     med = {k: statistics.median(v) for k, v in samples.items()}
+    low, high = depths
+    flush, flush_call = fit_pipeline(low, med[f"flush{low}"], high, med[f"flush{high}"])
     data = {"median_us": med, "samples_us": samples, "cpu_share": shares, "processes": p,
-            "breakers": b, "rounds": rounds}  # fmt: skip
-    return replace(quiet, sync=med["sync"], record=med["record"]), data
+            "breakers": b, "rounds": rounds, "flush_depths": list(depths)}  # fmt: skip
+    loaded = replace(quiet, sync=med["sync"], record=med["record"], flush=max(0.0, flush),
+                     flush_call=max(0.0, flush_call))  # fmt: skip
+    return loaded, data

@@ -11,25 +11,35 @@ one Redis core busy all the time::
         + transitions/s x (c_transition + subscribers x c_event)
         + votes/s x c_vote + transactions/s x c_begin
 
-``sync_rate`` is how often one process syncs one breaker. The library syncs lazily:
-a reply (any script call) makes the cached view good for ``sync_interval`` (T), and
-the first call after that sends the sync (``breaker_admit``, carrying the successes
-counted meanwhile). A breaker that nobody calls is never synced, so it costs nothing;
-a busy one costs one sync per T. With calls arriving at random (Poisson, rate ``calls``
-per second for this breaker in this process) and a share ``p`` of them recorded
-(failures, slow calls: each is a script call that also refreshes the view), the
-syncs form a renewal process whose cycle ends at the first recorded call (rate
-``f = p x calls``) or, if none comes within T, at the first call after T::
+``sync_rate`` is how often one process syncs one breaker. A reply (any script call)
+makes the cached view good for ``sync_interval`` (T). How the view is renewed is the
+fleet's ``strategy``:
+
+* ``synced``, the library on one Redis server (standalone, Sentinel): each process's
+  background syncer (``redisbreaker/syncer.py``) wakes every ``tick`` (a quarter of
+  T, within 5 ms .. 1 s) and sends, in ONE ``breaker_flush`` call, every breaker whose
+  view ends within a tick and that counted something since its last script call
+  (:func:`synced_rates`). Each breaker flushed costs ``c_flush``, each call
+  ``c_flush_call`` besides (both fitted to two measured depths).
+* ``lazy``, the library before the syncer, or with ``background_sync=False``: the first
+  call after the view ends sends the sync (``breaker_admit``, carrying the successes
+  counted meanwhile), one script call per breaker (:func:`sync_rate`).
+* ``batched``, an earlier proposal: the library's own ``breaker_report`` calls, one
+  pipeline per process every ``BATCH_TICK`` x T (:func:`batched_rates`),
+  ``c_pipe(n) = pipe_exec + pipe_net / n`` per breaker: one script call per breaker,
+  as the syncer sends on Redis Cluster (there a script may touch one hash slot only,
+  so each due breaker is its own ``breaker_flush``, by EVALSHA, in one pipeline per
+  master; not modelled here).
+
+A breaker that nobody calls is never synced, whatever the strategy, so it costs
+nothing. Lazily, with calls arriving at random (Poisson, rate ``calls`` per second
+for this breaker in this process) and a share ``p`` of them recorded (failures, slow
+calls: each is a script call that also refreshes the view), the syncs form a renewal
+process whose cycle ends at the first recorded call (rate ``f = p x calls``) or, if
+none comes within T, at the first call after T::
 
     E[cycle] = (1 - e^(-fT)) / f + e^(-fT) / calls
     sync_rate = e^(-fT) / E[cycle]            -> 1 / (T + 1/calls) when f = 0
-
-The ``batched`` and ``flush`` strategies are the proposed design (see the benchmarks
-README): each process flushes, every ``BATCH_TICK`` x T, every breaker it called since
-its last flush, in one round trip per Redis node (:func:`batched_rates`): the
-library's flush calls pipelined, ``c_pipe(n) = pipe_exec + pipe_net / n`` per
-breaker, or one multi-breaker call, ``c_flush(n) = flush_exec + flush_net / n``
-(each fitted to two measured depths).
 
 The constants depend on the load: a Redis that is nearly idle spends more per
 request (caches go cold between requests, each request wakes the event loop alone)
@@ -43,15 +53,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from redisbreaker.syncer import CHUNK, MAX_TICK, MIN_TICK, TICK_FRACTION
+
 # The batched flusher's period, as a share of sync_interval: a flushed view is good for
 # T, so a flush every 0.9 T renews it before any call finds it stale.
 BATCH_TICK = 0.9
-# How a process syncs its breakers: ``lazy``, the library today (each breaker on the
-# first call after its lease ends, one script call each); ``batched``, the proposed
-# flusher sending the library's own flush calls in one pipeline per tick; ``flush``,
-# the same flusher sending one multi-breaker call (a prototype script, see
-# benchmarks/fleet_costs.py).
-STRATEGIES = ("lazy", "batched", "flush")
+# How a process syncs its breakers: ``synced``, the library's background syncer (one
+# breaker_flush call per process per tick with all its due breakers); ``lazy``, the
+# library without it (background_sync=False: each breaker on the first call after its
+# lease ends, one script call each); ``batched``, an earlier proposal sending the
+# library's own report calls in one pipeline per tick.
+STRATEGIES = ("synced", "lazy", "batched")
 # Connections each process holds to one Redis server: its command connection and its
 # pub/sub hub's connection.
 CONNECTIONS_PER_PROCESS = 2
@@ -69,18 +81,18 @@ class Constants:
     begin: float  # one transaction begun (tx_begin)
     conn: float = 0.0  # an idle connection, per second (serverCron)
     idle: float = 0.0  # the server doing nothing, per second (its cron)
+    flush: float | None = None  # one breaker in a breaker_flush call (synced)
+    flush_call: float | None = None  # one breaker_flush call, besides its breakers
     pipe_exec: float | None = None  # c_pipe(n) = pipe_exec + pipe_net / n (batched)
     pipe_net: float | None = None
-    flush_exec: float | None = None  # c_flush(n) = flush_exec + flush_net / n (flush)
-    flush_net: float | None = None
 
     def per_breaker(self, strategy: str, depth: float) -> float:
-        """Server CPU per breaker flushed, ``depth`` of them in one round trip: the
-        library's flush calls pipelined (``batched``), or one call of the prototype
-        multi-breaker flush (``flush``)."""
+        """Server CPU per breaker synced, ``depth`` of them in one round trip: in one
+        ``breaker_flush`` call (``synced``), or the library's report calls pipelined
+        (``batched``)."""
         part, rest = (
-            (self.pipe_exec, self.pipe_net) if strategy == "batched"
-            else (self.flush_exec, self.flush_net)
+            (self.flush, self.flush_call) if strategy == "synced"
+            else (self.pipe_exec, self.pipe_net)
         )  # fmt: skip
         if part is None or rest is None:
             raise ValueError(f"no constants for strategy {strategy!r}")
@@ -110,7 +122,7 @@ class Fleet:
     votes: float = 0.0  # per second, fleet-wide
     votes_per_tx: int = 100
     subscribers: int | None = None  # processes hearing each event (None: all of them)
-    strategy: str = "lazy"  # one of STRATEGIES
+    strategy: str = "synced"  # one of STRATEGIES
 
     @property
     def pairs(self) -> int:
@@ -163,19 +175,170 @@ def batched_rates(calls: float, sync_interval: float) -> tuple[float, float]:
     return 1.0 / cycle, lazy / cycle
 
 
+def sync_tick(sync_interval: float) -> float:
+    """The background syncer's period for breakers of this ``sync_interval`` (the
+    library's ``Registry.tick``); it is also how early a view is renewed (the lead)."""
+    return min(MAX_TICK, max(MIN_TICK, sync_interval * TICK_FRACTION))
+
+
+# The states a breaker's view can be renewed into (synced strategy): by the syncer, at
+# one of its wakes, with nothing left to report (ON); or between wakes (OFF: a recorded
+# call, or a call that found the view ended and synced itself), with successes still
+# to report (OFF_P: the call that synced itself counted its own success) or without
+# (OFF_E: a recorded call carries everything counted).
+_ON, _OFF_P, _OFF_E = 0, 1, 2
+_PHASES = 48  # midpoints over the wake's phase after an OFF renewal
+_STEPS = 48  # midpoints over when the first call after the due wake comes
+
+
+def _cycle(
+    calls: float, share: float, t: float, tick: float, first: float, pending: bool
+) -> tuple[float, float, float, list[float]]:
+    """From a renewal at 0 whose first due wake is at ``first`` (< t): expected seconds
+    to the next renewal, flushes and lazy syncs on the way, and the next state's
+    probabilities (ON, OFF_P, OFF_E)."""
+    lam, f = calls, share * calls
+    s = lam - f
+    gap = first + tick - t  # after the view ends, before the next wake: calls sync lazily
+    nxt = [0.0, 0.0, 0.0]
+
+    def upto(rate: float, span: float) -> float:  # E[min(Exp(rate), span)]
+        return span if rate <= 0.0 else -math.expm1(-rate * span) / rate
+
+    # Until the due wake: a recorded call renews the view (OFF_E).
+    time = upto(f, first)
+    fail = -math.expm1(-f * first)
+    nxt[_OFF_E] += fail
+    clean = 1.0 - fail
+    flushes = clean if pending else clean * -math.expm1(-s * first)
+    nxt[_ON] += flushes
+    # Nothing counted by the due wake (no call at all): the next call decides.
+    quiet = 0.0 if pending else math.exp(-lam * first)
+    lazy = 0.0
+    if quiet > 0.0:
+        left = t - first  # the view still good after the due wake
+        time += quiet * upto(lam, left)
+        nxt[_OFF_E] += quiet * share * -math.expm1(-lam * left)  # first call recorded
+        # The first call a success at first + x: counted, flushed at the next wake
+        # unless a recorded call comes before the view ends, or any call after.
+        dx = left / _STEPS
+        for i in range(_STEPS):
+            x = (i + 0.5) * dx
+            w = quiet * s * math.exp(-lam * x) * dx
+            rest = left - x
+            time += w * upto(f, rest)
+            ok = math.exp(-f * rest)
+            nxt[_OFF_E] += w * (1.0 - ok)
+            late = -math.expm1(-lam * gap)  # a call between the view's end and the wake
+            time += w * ok * upto(lam, gap)
+            lazy += w * ok * late
+            nxt[_OFF_P] += w * ok * late * (1.0 - share)
+            nxt[_OFF_E] += w * ok * late * share
+            flushes += w * ok * (1.0 - late)
+            nxt[_ON] += w * ok * (1.0 - late)
+        # No call while the view lasts: the next call syncs itself.
+        idle = quiet * math.exp(-lam * left)
+        time += idle / lam
+        lazy += idle
+        nxt[_OFF_P] += idle * (1.0 - share)
+        nxt[_OFF_E] += idle * share
+    return time, flushes, lazy, nxt
+
+
+def synced_rates(calls: float, failure_share: float, sync_interval: float) -> tuple[float, float]:
+    """``(flushes, lazy syncs)`` per second of one breaker in one process under the
+    library's background syncer (``redisbreaker/syncer.py``).
+
+    The syncer wakes every ``tick``; a breaker is due at the first wake within a tick
+    of its view's end (``T - tick`` after its renewal or later) if it counted a success
+    since its last script call, and the flush renews its view at that wake. A busy
+    breaker renewed at a wake is so due ``ceil(T / tick) - 1`` wakes later (0.75 T when
+    the tick is a quarter of T: the syncer's own time between wakes breaks the tie
+    towards the earlier wake). A recorded call renews the view between wakes (the next
+    due wake is then uniformly within ``[T - tick, T)``); so does a call that finds the
+    view ended (a lazy sync: no call was counted by the due wake, and none came before
+    the view ended, or the one that came was counted too late for that wake and another
+    came between the view's end and the next wake). The three kinds of renewal (at a
+    wake, or between wakes with or without a success to report) form a Markov renewal
+    process; the rates are its stationary ones (:func:`_cycle`, integrated numerically
+    over the wake's phase).
+    """
+    if calls <= 0.0:
+        return 0.0, 0.0
+    t = sync_interval
+    tick = sync_tick(t)
+    if t <= tick:
+        raise ValueError(f"sync_interval {t} s is within one syncer tick ({tick} s)")
+    on_first = max(1, math.ceil((t - tick) / tick - 1e-9)) * tick
+    rows = [_cycle(calls, failure_share, t, tick, on_first, pending=False)]
+    for pending in (True, False):  # OFF_P, OFF_E: averaged over the wake's phase
+        parts = [
+            _cycle(calls, failure_share, t, tick, t - tick + (k + 0.5) / _PHASES * tick, pending)
+            for k in range(_PHASES)
+        ]
+        rows.append((
+            sum(p[0] for p in parts) / _PHASES, sum(p[1] for p in parts) / _PHASES,
+            sum(p[2] for p in parts) / _PHASES,
+            [sum(p[3][i] for p in parts) / _PHASES for i in range(3)],
+        ))  # fmt: skip
+    pi = _stationary([r[3] for r in rows])
+    cycle = sum(p * r[0] for p, r in zip(pi, rows, strict=True))
+    flushes = sum(p * r[1] for p, r in zip(pi, rows, strict=True))
+    lazy = sum(p * r[2] for p, r in zip(pi, rows, strict=True))
+    return flushes / cycle, lazy / cycle
+
+
+def _stationary(m: list[list[float]]) -> list[float]:
+    """The stationary distribution of a 3-state chain (rows: next-state probabilities)."""
+    pi = [1.0 / 3] * 3
+    for _ in range(10_000):
+        new = [sum(pi[i] * m[i][j] for i in range(3)) for j in range(3)]
+        total = sum(new)
+        new = [x / total for x in new]
+        if max(abs(a - b) for a, b in zip(new, pi, strict=True)) < 1e-13:
+            return new
+        pi = new
+    return pi
+
+
+def flush_calls(breakers: int, flushes: float, sync_interval: float) -> float:
+    """``breaker_flush`` calls per second of one process (synced): at each wake, one
+    call per :data:`CHUNK` due breakers, each of its ``breakers`` due with probability
+    ``flushes x tick`` (independently)."""
+    tick = sync_tick(sync_interval)
+    q = min(1.0, flushes * tick)
+    if breakers <= 0 or q <= 0.0:
+        return 0.0
+    return sum(p * math.ceil(k / CHUNK) for k, p in enumerate(binomial(breakers, q))) / tick
+
+
+def binomial(n: int, q: float) -> list[float]:
+    """P(k of ``n`` are due), k = 0..n, each with probability ``q``."""
+    if q >= 1.0:
+        return [0.0] * n + [1.0]
+    if q <= 0.0:
+        return [1.0] + [0.0] * n
+    lq, lr = math.log(q), math.log1p(-q)
+    return [
+        math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * lq
+                 + (n - k) * lr)
+        for k in range(n + 1)
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Load:
     """What a fleet asks of Redis, per second, and the CPU it costs (1.0 = one core)."""
 
     syncs: float  # breakers synced (lazily, or flushed)
-    sync_calls: float  # the script calls that took (fewer with a multi-breaker flush)
+    sync_calls: float  # the script calls that took (fewer with breaker_flush)
     records: float
     deliveries: float  # events x subscribers
     transitions: float
     votes: float
     transactions: float
     connections: int
-    sync_depth: float  # syncs per round trip (1 when lazy)
+    sync_depth: float  # breakers per flush call or round trip (1 when lazy)
     cpu: dict[str, float]
 
     @property
@@ -192,16 +355,23 @@ def load(fleet: Fleet, c: Constants) -> Load:
     """The model's prediction for ``fleet``."""
     pairs = fleet.pairs
     records = pairs * fleet.calls * fleet.failure_share
-    if fleet.strategy in STRATEGIES[1:]:
+    if fleet.strategy == "synced":
+        flushes, lazy = synced_rates(fleet.calls, fleet.failure_share, fleet.sync_interval)
+        calls = fleet.processes * flush_calls(fleet.breakers, flushes, fleet.sync_interval)
+        flushed = pairs * flushes
+        if c.flush is None or c.flush_call is None:
+            raise ValueError("no constants for strategy 'synced'")
+        sync_us = flushed * c.flush + calls * c.flush_call + pairs * lazy * c.sync
+        syncs = flushed + pairs * lazy
+        sync_calls = calls + pairs * lazy
+        depth = flushed / calls if calls else 1.0
+    elif fleet.strategy == "batched":
         flushes, lazy = batched_rates(fleet.calls, fleet.sync_interval)
         tick = BATCH_TICK * fleet.sync_interval
         depth = fleet.breakers * flushes * tick  # breakers per round trip
         sync_us = pairs * (flushes * c.per_breaker(fleet.strategy, depth) + lazy * c.sync)
         syncs = pairs * (flushes + lazy)
         sync_calls = syncs
-        if fleet.strategy == "flush":  # one call per process per tick that has any due
-            idle_tick = math.exp(-fleet.calls * tick * fleet.breakers)
-            sync_calls = fleet.processes * (1.0 - idle_tick) / tick + pairs * lazy
     elif fleet.strategy == "lazy":
         syncs = pairs * sync_rate(fleet.calls, fleet.failure_share, fleet.sync_interval)
         depth, sync_us, sync_calls = 1.0, syncs * c.sync, syncs

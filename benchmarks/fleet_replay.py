@@ -4,19 +4,23 @@ A real script call costs a Python process ~80 µs of its own CPU, so the library
 fleets (``benchmarks/fleet_sim.py``) cannot load Redis to half a core on a small
 machine. Here :func:`capture` records the exact bytes the library sends for a lazy
 sync and for a recorded failure of each breaker (whatever the command: EVALSHA or
-FCALL), and :func:`run_replay` sends them on P raw connections, one request (or one
-pipeline) in flight per connection as a single-threaded process has, at the rates
+FCALL), and for its background syncer's ``breaker_flush`` of 1 to B breakers; and
+:func:`run_replay` sends them on P raw connections, one request (or one pipeline) in
+flight per connection as a single-threaded process has, at the rates
 :mod:`benchmarks.fleet_model` names; each replayed process also holds a subscriber
 connection, as its hub would. A replayed request costs the client a few µs, so one
-core of client drives Redis to the model's 50% point. Strategy ``flush`` sends
-:data:`PROTOTYPE_FLUSH` with all of a process's due breakers,
-once per tick.
+core of client drives Redis to the model's 50% point. Strategy ``synced`` sends, at
+each of a process's syncer wakes, one ``breaker_flush`` of as many breakers as are
+due (drawn from the model's distribution), ``lazy`` one sync per breaker, and
+``batched`` the library's report calls pipelined.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
+import itertools
 import os
 import random
 import selectors
@@ -27,50 +31,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
-import redis
 
-from benchmarks.fleet_model import BATCH_TICK, Fleet, batched_rates, sync_rate
+from benchmarks.fleet_model import (
+    BATCH_TICK,
+    Fleet,
+    batched_rates,
+    binomial,
+    sync_rate,
+    sync_tick,
+    synced_rates,
+)
 from benchmarks.fleet_sim import NEVER, Run, boom, drive, ok, split, wait_start
 from redisbreaker.bench import SCRIPT_COMMANDS, Boom
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.config import client_from_url
-
-# Not the library's: the least one call that flushes many breakers' successes must do,
-# to size the proposed design before it is built. Per breaker: read its generation
-# and state, count the successes if the generation is the one the caller counted them
-# in, end a failure streak, renew the TTL, and answer generation and state (the view).
-# KEYS: the breakers' state hashes; ARGV: [1..n] each one's generation as the caller
-# saw it, [n+1..2n] its successes.
-PROTOTYPE_FLUSH = """
-local out, n = {}, #KEYS
-for i = 1, n do
-  local s = redis.call('HMGET', KEYS[i], 'gen', 'st', 'consec')
-  if s[1] == ARGV[i] then
-    redis.call('HINCRBY', KEYS[i], 'n_ok', ARGV[n + i])
-    if s[3] and s[3] ~= '0' then redis.call('HSET', KEYS[i], 'consec', 0) end
-  end
-  redis.call('PEXPIRE', KEYS[i], 604800000)
-  out[2 * i - 1], out[2 * i] = s[1], s[2]
-end
-return out
-"""
-
-
-def resp(*args: str | bytes | int) -> bytes:
-    """A command in RESP, as a client sends it."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(out)
-
-
-def prototype_args(client: redis.Redis, keys: list[str]) -> list[Any]:
-    """One :data:`PROTOTYPE_FLUSH` call for ``keys`` (state hashes), each at its current
-    generation with one success: the command and its arguments."""
-    sha = client.script_load(PROTOTYPE_FLUSH)
-    gens = [client.hget(k, "gen") or b"0" for k in keys]
-    return ["EVALSHA", sha, len(keys), *keys, *gens, *(["1"] * len(keys))]
+from redisbreaker.syncer import CHUNK, Syncer
 
 
 @dataclass(frozen=True)
@@ -80,7 +55,19 @@ class Captured:
 
     sync: bytes
     record: bytes
-    state_key: str  # the breaker's state hash (for the prototype flush)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What the library sent for breakers ``svc-0 .. svc-<B-1>`` of one prefix: each
+    one's sync and record, and its background syncer's flush of the first k of them
+    (``flushes[k]``, k = 1..B; each breaker carrying one success)."""
+
+    breakers: list[Captured]
+    flushes: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.breakers)
 
 
 class _Recorder:
@@ -109,17 +96,24 @@ class _Recorder:
         raise RuntimeError("no script call was sent")
 
 
-def capture(url: str, prefix: str, breakers: int, sync_interval: float) -> list[Captured]:
-    """One :class:`Captured` per breaker ``svc-<j>`` of ``prefix``, taken in steady state
-    (each operation done twice, the second one kept: a first call may carry what Redis
-    does not know yet)."""
+def capture(url: str, prefix: str, breakers: int, sync_interval: float) -> Capture:
+    """The library's requests for breakers ``svc-<j>`` of ``prefix``, taken in steady
+    state (each operation done twice, the second one kept: a first call may carry what
+    Redis does not know yet). The flushes are what the library's background syncer
+    (``redisbreaker.syncer.Syncer``) sends, from a syncer of this capture's own: the
+    breakers are made with ``background_sync=False``, so the process's syncer never
+    sends for them and every request here is the one asked for."""
     client = client_from_url(url, max_connections=4)
     recorder = _Recorder(client)
     out = []
+    flushes = [b""]
     try:
-        for j in range(breakers):
-            b = SharedBreaker(f"svc-{j}", client=client, prefix=prefix, fail_max=NEVER,
-                              sync_interval=sync_interval)  # fmt: skip
+        made = [
+            SharedBreaker(f"svc-{j}", client=client, prefix=prefix, fail_max=NEVER,
+                          sync_interval=sync_interval, background_sync=False)
+            for j in range(breakers)
+        ]  # fmt: skip
+        for b in made:
             sync = record = b""
             for _ in range(2):
                 b.call(ok)  # counted locally
@@ -132,10 +126,49 @@ def capture(url: str, prefix: str, breakers: int, sync_interval: float) -> list[
                 except Boom:
                     pass
                 record = recorder.last_script()
-            out.append(Captured(sync, record, b.keys[0]))
+            out.append(Captured(sync, record))
+        for b in made:
+            b.core.background = True  # for this capture's syncer only (never started)
+        for k in range(1, breakers + 1):
+            syncer = Syncer(client)
+            for b in made[:k]:
+                syncer.registry.add(b)
+            for _ in range(2):
+                for b in made[:k]:
+                    b.call(ok)  # one success each: every breaker has something to carry
+                if syncer.sync_due(lead=1e9) != k:  # the lead: every view is due
+                    raise RuntimeError(f"the syncer did not send all {k} breakers")
+            flushes.append(recorder.last_script())
     finally:
         client.close()
-    return out
+    return Capture(out, flushes)
+
+
+@dataclass(frozen=True)
+class FlushPlan:
+    """Strategy ``synced``: a process's syncer wakes every ``every`` seconds and flushes
+    k of its breakers with probability ``cdf[k] - cdf[k - 1]``; besides, each breaker
+    syncs lazily ``lazy`` times a second."""
+
+    every: float
+    cdf: list[float]
+    lazy: float = 0.0
+
+    @classmethod
+    def of(cls, fleet: Fleet) -> FlushPlan:
+        """The model's plan for ``fleet`` (each breaker due independently at a wake)."""
+        flushes, lazy = synced_rates(fleet.calls, fleet.failure_share, fleet.sync_interval)
+        tick = sync_tick(fleet.sync_interval)
+        pmf = binomial(fleet.breakers, min(1.0, flushes * tick))
+        return cls(tick, list(itertools.accumulate(pmf)), lazy)
+
+    @classmethod
+    def fixed(cls, every: float, depth: int) -> FlushPlan:
+        """``depth`` breakers flushed at every wake (the constants under load)."""
+        return cls(every, [0.0] * depth + [1.0])
+
+    def draw(self, rng: random.Random) -> int:
+        return min(len(self.cdf) - 1, bisect.bisect_left(self.cdf, rng.random()))
 
 
 @dataclass(frozen=True)
@@ -143,16 +176,16 @@ class ReplaySpec:
     """What every worker of a replayed fleet sends."""
 
     fleet: Fleet
-    captured: list[Captured]
+    capture: Capture
     channel: str  # the prefix's event channel, which each replayed process subscribes
     seed: int
     warm: float
     window: float
-    flush: bytes = b""  # strategy "flush": the one call flushing a tick's breakers
+    plan: FlushPlan | None = None  # strategy "synced"
 
 
 def per_tick(fleet: Fleet) -> int:
-    """Breakers one process flushes per tick (batched strategies), on average."""
+    """Breakers one process flushes per tick (batched), on average."""
     flushes, _lazy = batched_rates(fleet.calls, fleet.sync_interval)
     return max(1, round(fleet.breakers * flushes * BATCH_TICK * fleet.sync_interval))
 
@@ -222,17 +255,19 @@ def _replay_fleet(
         selector.register(conn.sock, selectors.EVENT_READ, conn)
     for sock in subs:
         selector.register(sock, selectors.EVENT_READ, None)
-    batched = fleet.strategy != "lazy"
+    captured, flushes = spec.capture.breakers, spec.capture.flushes
+    plan = spec.plan
+    batched = plan is not None or fleet.strategy == "batched"
     b_count = fleet.breakers
-    lazy_rate = 0.0  # per process: lazy syncs besides the batched flushes
-    if batched:
+    lazy_rate = 0.0  # per process: lazy syncs besides the flushes
+    batch, replies = b"", 0
+    if plan is not None:  # one breaker_flush per CHUNK due breakers, at each wake
+        every, lazy_rate = plan.every, b_count * plan.lazy
+    elif batched:  # the library's report calls, pipelined
         every = BATCH_TICK * fleet.sync_interval
         _flushes, lazy = batched_rates(fleet.calls, fleet.sync_interval)
         active = per_tick(fleet)
-        if fleet.strategy == "flush":  # one call, one reply
-            batch, replies = spec.flush, 1
-        else:  # the library's calls, pipelined
-            batch, replies = b"".join(c.sync for c in spec.captured[:active]), active
+        batch, replies = b"".join(c.sync for c in captured[:active]), active
         lazy_rate = b_count * lazy
     else:
         every = 1.0 / max(1e-9, sync_rate(fleet.calls, fleet.failure_share, fleet.sync_interval))
@@ -240,8 +275,8 @@ def _replay_fleet(
     out.put(("ready", os.getpid()))
     start = wait_start(start_at)
     measure_from, end = start + spec.warm, start + spec.warm + spec.window
-    # (when, conn, breaker): breaker -1 is a batched flush, -2 a recorded failure, -3 a
-    # lazy sync of a breaker the flusher left alone.
+    # (when, conn, breaker): breaker -1 is a syncer wake or a batched flush, -2 a
+    # recorded failure, -3 a lazy sync of a breaker the syncer or flusher left alone.
     heap: list[tuple[float, int, int]] = []
     for k in range(len(conns)):
         if batched:
@@ -260,17 +295,22 @@ def _replay_fleet(
         while heap and heap[0][0] <= now:
             when, k, j = heapq.heappop(heap)
             conn = conns[k]
-            if j == -1:
+            if j == -1 and plan is not None:
+                due, n, later = plan.draw(rng), 0, when + every
+                while due > 0:  # one call per CHUNK breakers, one after the other
+                    conn.push(flushes[min(due, CHUNK)], 1)
+                    due, n = due - CHUNK, n + 1
+            elif j == -1:
                 conn.push(batch, replies)
-                n, later = replies, when + every  # script calls: 1 for a multi-breaker flush
+                n, later = replies, when + every
             elif j == -2:
-                conn.push(spec.captured[rng.randrange(b_count)].record, 1)
+                conn.push(captured[rng.randrange(b_count)].record, 1)
                 n, later = 1, when + rng.expovariate(record_rate)
             elif j == -3:
-                conn.push(spec.captured[rng.randrange(b_count)].sync, 1)
+                conn.push(captured[rng.randrange(b_count)].sync, 1)
                 n, later = 1, when + rng.expovariate(lazy_rate)
             else:
-                conn.push(spec.captured[j].sync, 1)
+                conn.push(captured[j].sync, 1)
                 n, later = 1, when + every * rng.uniform(0.5, 1.5)
             if when >= measure_from:
                 sent += n
@@ -300,19 +340,14 @@ def _replay_fleet(
 
 
 def run_replay(
-    url: str, fleet: Fleet, captured: list[Captured], *, channel: str, warm: float,
-    window: float, workers: int, seed: int = 1,
+    url: str, fleet: Fleet, capture: Capture, *, channel: str, warm: float, window: float,
+    workers: int, seed: int = 1, plan: FlushPlan | None = None,
 ) -> Run:  # fmt: skip
-    """Replay ``fleet``'s requests at the model's rates; the server's counters over the window."""
-    if len(captured) < fleet.breakers:
-        raise ValueError(f"{len(captured)} breakers captured, the fleet has {fleet.breakers}")
-    flush = b""
-    if fleet.strategy == "flush":
-        client = redis.Redis.from_url(url)
-        try:
-            keys = [c.state_key for c in captured[: per_tick(fleet)]]
-            flush = resp(*prototype_args(client, keys))
-        finally:
-            client.close()
-    spec = ReplaySpec(fleet, captured, channel, seed, warm, window, flush)
+    """Replay ``fleet``'s requests at the model's rates (strategy ``synced``: ``plan``,
+    by default the model's); the server's counters over the window."""
+    if len(capture) < fleet.breakers or len(capture.flushes) <= min(fleet.breakers, CHUNK):
+        raise ValueError(f"{len(capture)} breakers captured, the fleet has {fleet.breakers}")
+    if plan is None and fleet.strategy == "synced":
+        plan = FlushPlan.of(fleet)
+    spec = ReplaySpec(fleet, capture, channel, seed, warm, window, plan)
     return drive(url, _replay_worker, split(fleet.processes, workers), (spec,), warm, window)

@@ -6,10 +6,13 @@ command connection) with its own pub/sub hub (its own subscriber connection and
 thread), and B ``SharedBreaker`` objects on it. Calls arrive at random (Poisson,
 ``calls`` per second per breaker per process; each pair's first call at a random
 moment within the first ``sync_interval``, so syncs do not march in step), and a
-share fails. Strategy ``lazy`` is the library as it is; ``batched`` adds, per
-simulated process, the proposed flusher (:class:`Flusher`). This checks the model's
-rates (how many script calls the library really makes) as well as its constants, up
-to P = 1000 and B = 100, at the load the Python clients of a small machine can offer;
+share fails. Strategy ``synced`` is the library as it is (each simulated process's
+client has its own background syncer thread); ``lazy`` is the library with
+``background_sync=False`` (as before the syncer); ``batched`` adds to that, per
+simulated process, an earlier proposal (:class:`Flusher`). This checks the
+model's rates (how many script calls the library really makes) as well as its
+constants, up to P = 1000 and B = 100, at the load the Python clients of a small
+machine can offer;
 ``benchmarks/fleet_replay.py`` drives Redis harder with the library's requests.
 
 Redis CPU is read by the parent from the server's own counters (``INFO cpu``), never
@@ -189,8 +192,8 @@ def _queue(pipe: Any, caller: Any, keys: list[str], args: list[Any]) -> None:
 
 
 class Flusher:
-    """The proposed batched sync, built from the library's own pieces (its core's
-    ``flush_call`` and ``apply``, its script callers): every ``BATCH_TICK`` x
+    """An earlier proposal for a batched sync, built from the library's own pieces (its
+    core's ``flush_call`` and ``apply``, its script callers): every ``BATCH_TICK`` x
     ``sync_interval``, one pipeline carries a flush of every breaker this process called
     since its last flush, and each reply renews that breaker's view, so no call finds
     its view stale; a breaker not called since is left alone (it costs nothing; its
@@ -263,6 +266,7 @@ def _library_fleet(
                 prefix=spec.prefix,
                 fail_max=NEVER,
                 sync_interval=fleet.sync_interval,
+                background_sync=fleet.strategy == "synced",
             )
             for j in range(fleet.breakers)
         ]

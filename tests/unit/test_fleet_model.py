@@ -1,8 +1,10 @@
-"""The capacity model's arithmetic (benchmarks/fleet_model.py): the sync rate of a lazily
-synced breaker, the batched flush, and the largest fleet within a CPU budget."""
+"""The capacity model's arithmetic (benchmarks/fleet_model.py): the sync rates of a
+breaker synced by the library's background syncer, of a lazily synced one, the batched
+flush, and the largest fleet within a CPU budget."""
 
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import replace
 
@@ -15,14 +17,17 @@ from benchmarks.fleet_model import (
     Fleet,
     batched_rates,
     fit_pipeline,
+    flush_calls,
     largest,
     load,
     sync_rate,
+    sync_tick,
+    synced_rates,
 )
 
 C = Constants(sync=50.0, record=60.0, transition=100.0, event=2.0, vote=40.0, begin=200.0,
-              conn=0.5, idle=1000.0, pipe_exec=25.0, pipe_net=50.0, flush_exec=3.0,
-              flush_net=30.0)  # fmt: skip
+              conn=0.5, idle=1000.0, flush=18.0, flush_call=40.0, pipe_exec=25.0,
+              pipe_net=50.0)  # fmt: skip
 
 
 def _simulated_sync_rate(calls: float, share: float, t: float, seconds: float) -> float:
@@ -111,7 +116,7 @@ def test_fit_pipeline_recovers_the_two_parts() -> None:
 def test_load_adds_every_term() -> None:
     """Each term is its rate times its constant; 1.0 is one core."""
     fleet = Fleet(processes=10, breakers=5, calls=1e9, failure_share=0.0, sync_interval=1.0,
-                  transitions=2.0, votes=100.0, votes_per_tx=10)  # fmt: skip
+                  transitions=2.0, votes=100.0, votes_per_tx=10, strategy="lazy")  # fmt: skip
     got = load(fleet, C)
     assert got.syncs == pytest.approx(50.0)
     assert got.deliveries == pytest.approx(20.0)
@@ -127,29 +132,136 @@ def test_records_cost_their_own_calls() -> None:
     assert load(fleet, C).records == pytest.approx(4 * 3 * 10.0 * 0.1)
 
 
-def test_batched_costs_less_per_sync_than_lazy_when_busy() -> None:
-    """Batched: more flushes (one per tick) but each shares its round trip with the
-    process's other breakers; one multi-breaker call shares more."""
+def _simulated_syncer(
+    breakers: int, calls: float, share: float, t: float, seconds: float
+) -> tuple[float, float, float]:
+    """The library's background syncer played out on one process's breakers (the rules
+    of redisbreaker/syncer.py and BreakerCore.background_call): every tick it sends, in
+    one call, each breaker whose view ends within a tick and that counted a success
+    since its last script call; a call on an ended view syncs lazily; a recorded call
+    is a script call of its own, which refreshes the view and carries what was counted.
+    (flush calls, flushes, lazy syncs) per second."""
+    tick = sync_tick(t)
+    rng = random.Random(13)
+    expires: list[float | None] = [None] * breakers
+    pending = [False] * breakers
+    heap = [(rng.expovariate(calls), j) for j in range(breakers)]
+    heapq.heapify(heap)
+    wake, now = rng.uniform(0.0, tick), 0.0
+    wakes = flushes = lazy = 0
+    while now < seconds:
+        if wake <= heap[0][0]:
+            now, due = wake, 0
+            for j in range(breakers):
+                end = expires[j]
+                # (the syncer's own time between wakes breaks a tie towards "due")
+                if end is not None and pending[j] and now >= end - tick - 1e-9:
+                    due, expires[j], pending[j] = due + 1, now + t, False
+            wakes += due > 0
+            flushes += due
+            wake += tick
+        else:
+            now, j = heapq.heappop(heap)
+            end = expires[j]
+            if end is None or now >= end:
+                lazy += 1
+                expires[j] = now + t
+            if rng.random() < share:
+                expires[j], pending[j] = now + t, False
+            else:
+                pending[j] = True
+            heapq.heappush(heap, (now + rng.expovariate(calls), j))
+    return wakes / seconds, flushes / seconds, lazy / seconds
+
+
+@pytest.mark.parametrize(
+    ("calls", "share", "t"),
+    [(5.0, 0.01, 1.0), (2.0, 0.01, 1.0), (0.5, 0.01, 5.0), (0.05, 0.01, 30.0),
+     (20.0, 0.05, 0.25), (0.5, 0.0, 1.0), (3.0, 0.3, 1.0)],
+)  # fmt: skip
+def test_synced_rates_match_the_syncer_played_out(calls: float, share: float, t: float) -> None:
+    """The Markov renewal model gives the flushes and lazy syncs a simulation finds."""
+    _wakes, flushes, lazy = _simulated_syncer(1, calls, share, t, seconds=40_000 / calls)
+    got = synced_rates(calls, share, t)
+    assert got[0] == pytest.approx(flushes, rel=0.03)
+    assert got[1] == pytest.approx(lazy, rel=0.1, abs=2e-3)
+
+
+def test_synced_rates_limits() -> None:
+    """Busy: one flush every 3 ticks of T/4 (0.75 T), or T - 1 s when the tick is 1 s,
+    and no lazy sync; idle: nothing at all; a view shorter than a tick is refused."""
+    assert synced_rates(0.0, 0.0, 1.0) == (0.0, 0.0)
+    flushes, lazy = synced_rates(1e5, 0.0, 1.0)
+    assert flushes == pytest.approx(1 / 0.75)
+    assert lazy == pytest.approx(0.0, abs=1e-9)
+    assert synced_rates(1e5, 0.0, 30.0)[0] == pytest.approx(1 / 29.0)
+    assert sync_tick(1.0) == 0.25 and sync_tick(30.0) == 1.0 and sync_tick(0.001) == 0.005
+    with pytest.raises(ValueError, match="tick"):
+        synced_rates(1.0, 0.0, 0.004)
+
+
+@pytest.mark.parametrize(
+    ("breakers", "calls", "share", "t"),
+    [(3, 20.0, 0.05, 0.25), (10, 2.0, 0.01, 1.0), (100, 0.05, 0.01, 30.0)],
+)
+def test_flush_calls_match_the_syncer_played_out(
+    breakers: int, calls: float, share: float, t: float
+) -> None:
+    """One breaker_flush call per wake that finds any breaker due: the model (each
+    breaker due independently) gives the calls a simulation of B breakers finds."""
+    wakes, flushes, _lazy = _simulated_syncer(breakers, calls, share, t, seconds=2000 * t)
+    rate, _ = synced_rates(calls, share, t)
+    assert flush_calls(breakers, rate, t) == pytest.approx(wakes, rel=0.03)
+    assert breakers * rate == pytest.approx(flushes, rel=0.03)
+
+
+def test_synced_costs_a_flush_per_breaker_and_an_overhead_per_call() -> None:
+    """Synced: each flushed breaker costs c_flush, each call c_flush_call, each lazy sync
+    c_sync; busy, a process sends one call per tick with every third of its breakers."""
+    shape = Fleet(processes=10, breakers=99, calls=1e5, strategy="synced")
+    got = load(shape, C)
+    assert got.syncs == pytest.approx(10 * 99 / 0.75)
+    assert got.sync_calls == pytest.approx(10 / 0.25)
+    assert got.sync_depth == pytest.approx(33.0)
+    assert got.cpu["syncs"] == pytest.approx((got.syncs * 18.0 + got.sync_calls * 40.0) / 1e6)
+    assert got.script_calls == pytest.approx(got.sync_calls)
+    # More than 100 due (about 200 of 600 each tick): one call per 100 (CHUNK).
+    big = load(replace(shape, breakers=600), C)
+    assert 10 * 2 / 0.25 < big.sync_calls < 10 * 3 / 0.25
+    # Slower calls: some breakers go stale and their next call syncs lazily.
+    slow = load(replace(shape, calls=0.5, failure_share=0.01), C)
+    flushes, lazy = synced_rates(0.5, 0.01, 1.0)
+    calls = 10 * flush_calls(99, flushes, 1.0)
+    us = 990 * flushes * 18.0 + calls * 40.0 + 990 * lazy * 50.0
+    assert slow.cpu["syncs"] == pytest.approx(us / 1e6)
+    assert slow.sync_calls == pytest.approx(calls + 990 * lazy)
+    with pytest.raises(ValueError, match="constants"):
+        load(shape, replace(C, flush=None))
+
+
+def test_strategies_order_when_busy() -> None:
+    """Busy, 100 breakers a process: the syncer's one call per tick costs least; the
+    batched pipeline less than the lazy sync, each still a script call per breaker."""
     shape = Fleet(processes=10, breakers=100, calls=50.0)
-    lazy, batched, flush = (load(replace(shape, strategy=s), C) for s in STRATEGIES)
+    synced, lazy, batched = (load(replace(shape, strategy=s), C) for s in STRATEGIES)
     assert batched.syncs > lazy.syncs
     assert batched.sync_depth == pytest.approx(100.0, rel=1e-6)
-    assert flush.cpu["syncs"] < batched.cpu["syncs"] < lazy.cpu["syncs"]
-    assert flush.syncs == pytest.approx(batched.syncs)
-    assert flush.sync_calls == pytest.approx(10 / (BATCH_TICK * 1.0))  # one per process per tick
+    assert synced.cpu["syncs"] < batched.cpu["syncs"] < lazy.cpu["syncs"]
     assert batched.sync_calls == pytest.approx(batched.syncs)
     per_flush = 25.0 + 50.0 / 100.0
     assert batched.cpu["syncs"] == pytest.approx(batched.syncs * per_flush / 1e6, rel=1e-6)
     with pytest.raises(ValueError, match="strategy"):
         load(replace(shape, strategy="eager"), C)
     with pytest.raises(ValueError, match="constants"):
-        load(replace(shape, strategy="flush"), replace(C, flush_exec=None))
+        load(replace(shape, strategy="batched"), replace(C, pipe_exec=None))
 
 
 def test_largest_is_the_last_fleet_within_budget() -> None:
     """largest() returns P with P within the budget and P + 1 over it."""
-    shape = Fleet(processes=1, breakers=100, calls=5.0, failure_share=0.01, transitions=0.1)
-    p = largest(shape, C, 0.5)
-    assert load(shape.with_processes(p), C).total_cpu <= 0.5
-    assert load(shape.with_processes(p + 1), C).total_cpu > 0.5
-    assert largest(shape, C, 1e-9) == 0
+    for strategy in STRATEGIES:
+        shape = Fleet(processes=1, breakers=100, calls=5.0, failure_share=0.01,
+                      transitions=0.1, strategy=strategy)  # fmt: skip
+        p = largest(shape, C, 0.5)
+        assert load(shape.with_processes(p), C).total_cpu <= 0.5
+        assert load(shape.with_processes(p + 1), C).total_cpu > 0.5
+        assert largest(shape, C, 1e-9) == 0

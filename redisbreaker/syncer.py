@@ -6,9 +6,10 @@ that is one script call per breaker per process per interval, made by whichever 
 finds the view expired (it waits the round trip), and each one a command of its own:
 Redis spends most of a sync's CPU reading and answering the command, not running it
 (benchmarks/README.md, the capacity model). Here one thread per process and client
-(one task per event loop and client, for asyncio breakers) wakes a few times per
+(one task per event loop and client, for asyncio breakers) wakes ten times per
 interval and sends every breaker whose view is about to end, and that counted
-something since its last script call, in one ``breaker_flush`` call (up to
+something since its last script call (with those whose view is half over: they fall
+into step), in one ``breaker_flush`` call (up to
 :data:`CHUNK` breakers each): each breaker's step is ``breaker_report``'s, as its
 ``sync()`` is. A busy breaker's calls then never wait for a sync, and a breaker nobody
 calls costs nothing.
@@ -40,8 +41,11 @@ from redisbreaker.options import BreakerOptions
 
 logger = logging.getLogger("redisbreaker")
 
-TICK_FRACTION = 0.25  # the syncer wakes 4 times per (shortest) sync_interval
+TICK_FRACTION = 0.1  # the syncer wakes 10 times per (shortest) sync_interval
 MIN_TICK, MAX_TICK = 0.005, 1.0  # seconds
+# A call that goes anyway also takes the breakers whose view has less than this share
+# of its sync_interval left: a process's busy breakers fall into step, one call each time.
+ALONG = 0.5
 CHUNK = 100  # breakers per breaker_flush call: bounds one script's run (~2 ms)
 
 
@@ -78,19 +82,31 @@ class Registry:
             return list(self._breakers)
 
     def tick(self, breakers: Sequence[Synced]) -> float:
-        """Seconds between looks: a quarter of the shortest ``sync_interval``."""
-        shortest = min((b.options.sync_interval for b in breakers), default=MAX_TICK * 4)
+        """Seconds between looks: a tenth of the shortest ``sync_interval``."""
+        shortest = min((b.options.sync_interval for b in breakers), default=MAX_TICK / TICK_FRACTION)
         return min(MAX_TICK, max(MIN_TICK, shortest * TICK_FRACTION))
 
     def due(self, breakers: Sequence[Synced], lead: float) -> list[Due]:
         """Each breaker whose view ends within ``lead`` and that counted something, with
         the call that syncs it (the breaker holds the sender role when it carries
-        outcomes: its ``settle_background`` hands it back)."""
+        outcomes: its ``settle_background`` hands it back). When any is due, those
+        with less than :data:`ALONG` of their interval left come along: synced a
+        little early, they fall into step with the others, so a process's busy
+        breakers soon go in one call per interval instead of one call each."""
         out: list[Due] = []
+        rest: list[Synced] = []
         for breaker in breakers:
             core = breaker.core
             if core.background:
                 call = core.background_call(core.now(), lead)
+                if call is not None:
+                    out.append((breaker, call))
+                else:
+                    rest.append(breaker)
+        if out:
+            for breaker in rest:
+                core = breaker.core
+                call = core.background_call(core.now(), ALONG * core.options.sync_interval)
                 if call is not None:
                     out.append((breaker, call))
         return out

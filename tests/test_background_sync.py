@@ -8,6 +8,7 @@ import multiprocessing as mp
 import time
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -22,6 +23,8 @@ from redisbreaker.options import BreakerOptions
 from redisbreaker.syncer import CHUNK, Registry, syncer_for
 from redisbreaker.testing.servers import RedisCluster
 from tests.helpers import ok, wait_for
+
+CLOSED_REPLY = ["closed", 0, 0, 0, 0, 0, 0, 0, 0, "", "allow", "", "", 0, 0, 0, 0, 0, 0, 0]
 
 
 def _successes(breaker: SharedBreaker) -> int:
@@ -101,7 +104,7 @@ def test_due_only_when_counted_and_about_to_expire() -> None:
     the lead and it counted something; not before its first view, not half-open, not
     in an outage, not while another thread sends."""
     core = BreakerCore("due", BreakerOptions(sync_interval=1.0), KeySpace.of("rb:", "cb", "due"))
-    reply = ["closed", 0, 0, 0, 0, 0, 0, 0, 0, "", "allow", "", "", 0, 0, 0, 0, 0, 0, 0]
+    reply = CLOSED_REPLY
     assert core.background_call(100.0, 0.25) is None  # no view yet
     core.apply(reply, 100.0)
     assert core.background_call(100.8, 0.25) is None  # nothing counted
@@ -127,7 +130,7 @@ def test_the_tick_follows_the_shortest_interval(r: redis.Redis) -> None:
         SharedBreaker("bg-tick-a", client=r, sync_interval=2.0),
         SharedBreaker("bg-tick-b", client=r, sync_interval=0.4),
     ]
-    assert Registry().tick(breakers) == 0.1
+    assert Registry().tick(breakers) == pytest.approx(0.04)
     assert Registry().tick([]) == 1.0
     breakers[0].connect()
     assert breakers[0] in syncer_for(r).registry.members()
@@ -234,3 +237,30 @@ def test_a_forked_child_gets_its_own_syncer(redis_url: str) -> None:
     finally:
         child.kill()
         child.join(10)
+
+
+def test_breakers_fall_into_step() -> None:
+    """When one breaker is due, those past half their interval come along, so a
+    process's busy breakers end up synced together (no Redis: the registry's rule)."""
+    cores = []
+    for i in range(3):
+        core = BreakerCore(
+            f"s{i}", BreakerOptions(sync_interval=1.0), KeySpace.of("rb:", "cb", f"s{i}")
+        )
+        core.apply(
+            ["closed", 0, 0, 0, 0, 0, 0, 0, 0, "", "allow", "", "", 0, 0, 0, 0, 0, 0, 0], 0.3 * i
+        )
+        core.pending = 1
+        cores.append(core)
+
+    class Fake:
+        def __init__(self, core: BreakerCore) -> None:
+            self.core = core
+            self.options = core.options
+
+    fakes = [Fake(core) for core in cores]
+    for core in cores:
+        core.now = lambda: 0.95
+    due = Registry().due(fakes, 0.1)  # type: ignore[arg-type]
+    # s0's view ends at 1.0 (due); s1's at 1.3 (past half: along); s2's at 1.6 (not).
+    assert [b.core.name for b, _ in due] == ["s0", "s1"]

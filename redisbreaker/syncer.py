@@ -83,7 +83,9 @@ class Registry:
 
     def tick(self, breakers: Sequence[Synced]) -> float:
         """Seconds between looks: a tenth of the shortest ``sync_interval``."""
-        shortest = min((b.options.sync_interval for b in breakers), default=MAX_TICK / TICK_FRACTION)
+        if not breakers:
+            return MAX_TICK
+        shortest = min(b.options.sync_interval for b in breakers)
         return min(MAX_TICK, max(MIN_TICK, shortest * TICK_FRACTION))
 
     def due(self, breakers: Sequence[Synced], lead: float) -> list[Due]:

@@ -16,11 +16,13 @@ makes the cached view good for ``sync_interval`` (T). How the view is renewed is
 fleet's ``strategy``:
 
 * ``synced``, the library on one Redis server (standalone, Sentinel): each process's
-  background syncer (``redisbreaker/syncer.py``) wakes every ``tick`` (a quarter of
-  T, within 5 ms .. 1 s) and sends, in ONE ``breaker_flush`` call, every breaker whose
-  view ends within a tick and that counted something since its last script call
-  (:func:`synced_rates`). Each breaker flushed costs ``c_flush``, each call
-  ``c_flush_call`` besides (both fitted to two measured depths).
+  background syncer (``redisbreaker/syncer.py``) wakes every ``tick`` (a tenth of T,
+  within 5 ms .. 1 s) and, when a breaker that counted something since its last script
+  call has its view ending within a tick, sends it in ONE ``breaker_flush`` call with
+  every other such breaker whose view is more than half over (``ALONG``). So a
+  process's busy breakers fall into step: one call per ~0.9 T carries them all
+  (:func:`synced`). Each breaker flushed costs ``c_flush``, each call ``c_flush_call``
+  besides (both fitted to two measured depths).
 * ``lazy``, the library before the syncer, or with ``background_sync=False``: the first
   call after the view ends sends the sync (``breaker_admit``, carrying the successes
   counted meanwhile), one script call per breaker (:func:`sync_rate`).
@@ -50,16 +52,17 @@ where sizing matters; below a tenth of a core the model then reads low.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
-from redisbreaker.syncer import CHUNK, MAX_TICK, MIN_TICK, TICK_FRACTION
+from redisbreaker.syncer import ALONG, CHUNK, MAX_TICK, MIN_TICK, TICK_FRACTION
 
 # The batched flusher's period, as a share of sync_interval: a flushed view is good for
 # T, so a flush every 0.9 T renews it before any call finds it stale.
 BATCH_TICK = 0.9
-# How a process syncs its breakers: ``synced``, the library's background syncer (one
-# breaker_flush call per process per tick with all its due breakers); ``lazy``, the
+# How a process syncs its breakers: ``synced``, the library's background syncer (its
+# busy breakers in step: one breaker_flush call per ~0.9 T with all of them); ``lazy``, the
 # library without it (background_sync=False: each breaker on the first call after its
 # lease ends, one script call each); ``batched``, an earlier proposal sending the
 # library's own report calls in one pipeline per tick.
@@ -181,111 +184,172 @@ def sync_tick(sync_interval: float) -> float:
     return min(MAX_TICK, max(MIN_TICK, sync_interval * TICK_FRACTION))
 
 
-# The states a breaker's view can be renewed into (synced strategy): by the syncer, at
-# one of its wakes, with nothing left to report (ON); or between wakes (OFF: a recorded
-# call, or a call that found the view ended and synced itself), with successes still
-# to report (OFF_P: the call that synced itself counted its own success) or without
-# (OFF_E: a recorded call carries everything counted).
+# The states a breaker's view can be renewed into (synced strategy): at one of its
+# process's steps (the syncer's calls that carry the busy breakers together), with
+# nothing left to report (ON); or off the steps (a recorded call, a lazy sync, or a
+# flush of its own), with successes still to report (OFF_P: the call that synced itself
+# counted its own success) or without (OFF_E).
 _ON, _OFF_P, _OFF_E = 0, 1, 2
-_PHASES = 48  # midpoints over the wake's phase after an OFF renewal
-_STEPS = 48  # midpoints over when the first call after the due wake comes
+_PHASES = 48  # midpoints over the phase of an OFF renewal between two steps
+_STEPS = 48  # midpoints over when the first call after a missed step comes
+
+
+@dataclass(frozen=True)
+class Synced:
+    """One process's background syncer at steady state (see :func:`synced`)."""
+
+    step: float  # mean seconds between the process's steps
+    at_steps: float  # flushes per second of one breaker in the steps
+    own: float  # flushes per second of one breaker in a call of its own
+    lazy: float  # lazy syncs per second of one breaker
+    calls: float  # breaker_flush calls per second of the process
+
+    @property
+    def flushes(self) -> float:
+        return self.at_steps + self.own
+
+
+def _upto(rate: float, span: float) -> float:  # E[min(Exp(rate), span)]
+    return span if rate <= 0.0 else -math.expm1(-rate * span) / rate
 
 
 def _cycle(
-    calls: float, share: float, t: float, tick: float, first: float, pending: bool
-) -> tuple[float, float, float, list[float]]:
-    """From a renewal at 0 whose first due wake is at ``first`` (< t): expected seconds
-    to the next renewal, flushes and lazy syncs on the way, and the next state's
-    probabilities (ON, OFF_P, OFF_E)."""
+    calls: float, share: float, t: float, first: float, own: float, pending: bool
+) -> tuple[float, float, float, float, list[float]]:
+    """From a renewal at 0 whose next step that takes it is at ``first`` and whose own
+    due wake is at ``own`` (>= first, < t): expected seconds to the next renewal,
+    flushes at a step, flushes of its own and lazy syncs on the way, and the next
+    state's probabilities (ON, OFF_P, OFF_E)."""
     lam, f = calls, share * calls
     s = lam - f
-    gap = first + tick - t  # after the view ends, before the next wake: calls sync lazily
     nxt = [0.0, 0.0, 0.0]
-
-    def upto(rate: float, span: float) -> float:  # E[min(Exp(rate), span)]
-        return span if rate <= 0.0 else -math.expm1(-rate * span) / rate
-
-    # Until the due wake: a recorded call renews the view (OFF_E).
-    time = upto(f, first)
+    # Until the step: a recorded call renews the view (OFF_E).
+    time = _upto(f, first)
     fail = -math.expm1(-f * first)
     nxt[_OFF_E] += fail
     clean = 1.0 - fail
-    flushes = clean if pending else clean * -math.expm1(-s * first)
-    nxt[_ON] += flushes
-    # Nothing counted by the due wake (no call at all): the next call decides.
+    at_step = clean if pending else clean * -math.expm1(-s * first)
+    nxt[_ON] += at_step
+    # Nothing counted by the step (no call at all): the next call decides.
     quiet = 0.0 if pending else math.exp(-lam * first)
-    lazy = 0.0
+    lazy = alone = 0.0
     if quiet > 0.0:
-        left = t - first  # the view still good after the due wake
-        time += quiet * upto(lam, left)
+        left = t - first  # the view still good after the step
+        time += quiet * _upto(lam, left)
         nxt[_OFF_E] += quiet * share * -math.expm1(-lam * left)  # first call recorded
-        # The first call a success at first + x: counted, flushed at the next wake
-        # unless a recorded call comes before the view ends, or any call after.
+        # The first call a success at first + x: counted, flushed at its own due wake
+        # (or the next wake, if that has passed) unless a recorded call comes first.
         dx = left / _STEPS
         for i in range(_STEPS):
             x = (i + 0.5) * dx
             w = quiet * s * math.exp(-lam * x) * dx
-            rest = left - x
-            time += w * upto(f, rest)
-            ok = math.exp(-f * rest)
-            nxt[_OFF_E] += w * (1.0 - ok)
-            late = -math.expm1(-lam * gap)  # a call between the view's end and the wake
-            time += w * ok * upto(lam, gap)
-            lazy += w * ok * late
-            nxt[_OFF_P] += w * ok * late * (1.0 - share)
-            nxt[_OFF_E] += w * ok * late * share
-            flushes += w * ok * (1.0 - late)
-            nxt[_ON] += w * ok * (1.0 - late)
+            wait = max(0.0, own - first - x)
+            time += w * _upto(f, wait)
+            ok = math.exp(-f * wait)
+            nxt[_OFF_E] += w  # renewed off the steps, by a recorded call or its own flush
+            alone += w * ok
         # No call while the view lasts: the next call syncs itself.
         idle = quiet * math.exp(-lam * left)
         time += idle / lam
         lazy += idle
         nxt[_OFF_P] += idle * (1.0 - share)
         nxt[_OFF_E] += idle * share
-    return time, flushes, lazy, nxt
+    return time, at_step, alone, lazy, nxt
 
 
-def synced_rates(calls: float, failure_share: float, sync_interval: float) -> tuple[float, float]:
-    """``(flushes, lazy syncs)`` per second of one breaker in one process under the
-    library's background syncer (``redisbreaker/syncer.py``).
+def _breaker(
+    calls: float, share: float, t: float, step: float, own: float
+) -> tuple[float, float, float]:
+    """One breaker's (flushes at steps, own flushes, lazy syncs) per second, its process
+    stepping every ``step`` seconds."""
+    along = ALONG * t
+    sums: list[list[float]] = []  # per state: time, at steps, alone, lazy
+    nexts: list[list[float]] = []
+    first_row = _cycle(calls, share, t, step, own, pending=False)
+    sums.append(list(first_row[:4]))
+    nexts.append(first_row[4])
+    for pending in (True, False):  # OFF_P, OFF_E: averaged over the phase between steps
+        total, nxt = [0.0] * 4, [0.0] * 3
+        for k in range(_PHASES):
+            to_step = step * (k + 0.5) / _PHASES  # from the renewal to the next step
+            # Taken by the next step if its view has less than ALONG left by then;
+            # otherwise at its own due wake, which the next step comes with.
+            first = to_step if to_step >= along else own
+            *part, went = _cycle(calls, share, t, first, own, pending)
+            total = [a + b / _PHASES for a, b in zip(total, part, strict=True)]
+            nxt = [a + b / _PHASES for a, b in zip(nxt, went, strict=True)]
+        sums.append(total)
+        nexts.append(nxt)
+    pi = _stationary(nexts)
+    cycle, at_steps, alone, lazy = (
+        sum(p * r[i] for p, r in zip(pi, sums, strict=True)) for i in range(4)
+    )
+    return at_steps / cycle, alone / cycle, lazy / cycle
 
-    The syncer wakes every ``tick``; a breaker is due at the first wake within a tick
-    of its view's end (``T - tick`` after its renewal or later) if it counted a success
-    since its last script call, and the flush renews its view at that wake. A busy
-    breaker renewed at a wake is so due ``ceil(T / tick) - 1`` wakes later (0.75 T when
-    the tick is a quarter of T: the syncer's own time between wakes breaks the tie
-    towards the earlier wake). A recorded call renews the view between wakes (the next
-    due wake is then uniformly within ``[T - tick, T)``); so does a call that finds the
-    view ended (a lazy sync: no call was counted by the due wake, and none came before
-    the view ended, or the one that came was counted too late for that wake and another
-    came between the view's end and the next wake). The three kinds of renewal (at a
-    wake, or between wakes with or without a success to report) form a Markov renewal
-    process; the rates are its stationary ones (:func:`_cycle`, integrated numerically
-    over the wake's phase).
+
+@functools.lru_cache(maxsize=1024)
+def synced(calls: float, failure_share: float, sync_interval: float, breakers: int) -> Synced:
+    """The library's background syncer (``redisbreaker/syncer.py``) at steady state,
+    for one process calling each of its ``breakers`` ``calls`` times a second.
+
+    The syncer wakes every ``tick``; a breaker is due at the first wake within a tick of
+    its view's end (``own = ceil(T / tick - 1) x tick`` after its renewal: 0.9 T) if it
+    counted something since its last script call, and when one is due, every other
+    breaker that counted something and has less than ``ALONG x T`` left comes along. So
+    the busy breakers go together, at the process's *steps*: a breaker renewed at one
+    is due ``own`` later, and takes all the others with it. A breaker renewed off the
+    steps (by a recorded call, a lazy sync, or a flush of its own) comes along at the
+    next step if it is ``ALONG x T`` or more away; otherwise it is due on its own
+    after ``own``, and that wake is the next step (it brings the others along): with
+    off-step renewals at rate ``R`` per process, the step after one is pulled to
+    ``ALONG x T + min(X, W)`` later (``X ~ Exp(R)``, ``W = own - ALONG x T``, plus
+    half a tick to the wake grid) instead of ``own``. A breaker renewed off the steps
+    within ``ALONG x T`` but more than ``W`` before a step is flushed alone. Each
+    breaker is then a Markov renewal process (:func:`_cycle`) against its process's
+    steps; the step interval and ``R`` are solved together. Calls: one per
+    :data:`CHUNK` breakers per step (each breaker in it independently), one per
+    breaker flushed on its own.
     """
-    if calls <= 0.0:
-        return 0.0, 0.0
+    if calls <= 0.0 or breakers <= 0:
+        return Synced(0.0, 0.0, 0.0, 0.0, 0.0)
     t = sync_interval
     tick = sync_tick(t)
     if t <= tick:
         raise ValueError(f"sync_interval {t} s is within one syncer tick ({tick} s)")
-    on_first = max(1, math.ceil((t - tick) / tick - 1e-9)) * tick
-    rows = [_cycle(calls, failure_share, t, tick, on_first, pending=False)]
-    for pending in (True, False):  # OFF_P, OFF_E: averaged over the wake's phase
-        parts = [
-            _cycle(calls, failure_share, t, tick, t - tick + (k + 0.5) / _PHASES * tick, pending)
-            for k in range(_PHASES)
-        ]
-        rows.append((
-            sum(p[0] for p in parts) / _PHASES, sum(p[1] for p in parts) / _PHASES,
-            sum(p[2] for p in parts) / _PHASES,
-            [sum(p[3][i] for p in parts) / _PHASES for i in range(3)],
-        ))  # fmt: skip
-    pi = _stationary([r[3] for r in rows])
-    cycle = sum(p * r[0] for p, r in zip(pi, rows, strict=True))
-    flushes = sum(p * r[1] for p, r in zip(pi, rows, strict=True))
-    lazy = sum(p * r[2] for p, r in zip(pi, rows, strict=True))
-    return flushes / cycle, lazy / cycle
+    own = max(1, math.ceil((t - tick) / tick - 1e-9)) * tick
+    along = min(ALONG * t, own)
+    window = own - along
+    step, at_steps, alone, lazy = own, 0.0, 0.0, 0.0
+    for _ in range(60):
+        at_steps, alone, lazy = _breaker(calls, failure_share, t, step, own)
+        # Off-step renewals per second of the process that may pull a step: recorded
+        # calls and lazy syncs (a breaker's own flush mostly falls on a step's wake).
+        r = breakers * (failure_share * calls + lazy)
+        pulled = -math.expm1(-r * window)
+        new = min(own, along + _upto(r, window) + pulled * tick / 2)
+        if abs(new - step) < 1e-6 * t:
+            step = new
+            break
+        step = 0.5 * (step + new)
+    # Steps: one call per CHUNK breakers flushed in it (a step with none is no call).
+    q = min(1.0, at_steps * step)
+    chunks = sum(p * math.ceil(k / CHUNK) for k, p in enumerate(binomial(breakers, q)))
+    # Alone: those renewed off the steps too close to the next to come along, and too
+    # far to pull it, and those that missed a step (nothing counted) then got a call.
+    r = breakers * (failure_share * calls + lazy)
+    between = -math.expm1(-r * max(0.0, ALONG * t - window))
+    # Those that missed a step then got a call are due together, ``own`` after it.
+    calls_s = (chunks + between - math.expm1(-breakers * alone * step)) / step
+    return Synced(step, at_steps, alone, lazy, calls_s)
+
+
+def synced_rates(
+    calls: float, failure_share: float, sync_interval: float, breakers: int = 1
+) -> tuple[float, float]:
+    """``(flushes, lazy syncs)`` per second of one breaker in one process of
+    ``breakers`` under the library's background syncer (:func:`synced`)."""
+    got = synced(calls, failure_share, sync_interval, breakers)
+    return got.flushes, got.lazy
 
 
 def _stationary(m: list[list[float]]) -> list[float]:
@@ -301,15 +365,9 @@ def _stationary(m: list[list[float]]) -> list[float]:
     return pi
 
 
-def flush_calls(breakers: int, flushes: float, sync_interval: float) -> float:
-    """``breaker_flush`` calls per second of one process (synced): at each wake, one
-    call per :data:`CHUNK` due breakers, each of its ``breakers`` due with probability
-    ``flushes x tick`` (independently)."""
-    tick = sync_tick(sync_interval)
-    q = min(1.0, flushes * tick)
-    if breakers <= 0 or q <= 0.0:
-        return 0.0
-    return sum(p * math.ceil(k / CHUNK) for k, p in enumerate(binomial(breakers, q))) / tick
+def flush_calls(breakers: int, calls: float, failure_share: float, sync_interval: float) -> float:
+    """``breaker_flush`` calls per second of one process (synced; :func:`synced`)."""
+    return synced(calls, failure_share, sync_interval, breakers).calls
 
 
 def binomial(n: int, q: float) -> list[float]:
@@ -356,9 +414,10 @@ def load(fleet: Fleet, c: Constants) -> Load:
     pairs = fleet.pairs
     records = pairs * fleet.calls * fleet.failure_share
     if fleet.strategy == "synced":
-        flushes, lazy = synced_rates(fleet.calls, fleet.failure_share, fleet.sync_interval)
-        calls = fleet.processes * flush_calls(fleet.breakers, flushes, fleet.sync_interval)
-        flushed = pairs * flushes
+        got = synced(fleet.calls, fleet.failure_share, fleet.sync_interval, fleet.breakers)
+        lazy = got.lazy
+        calls = fleet.processes * got.calls
+        flushed = pairs * got.flushes
         if c.flush is None or c.flush_call is None:
             raise ValueError("no constants for strategy 'synced'")
         sync_us = flushed * c.flush + calls * c.flush_call + pairs * lazy * c.sync

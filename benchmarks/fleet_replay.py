@@ -9,9 +9,11 @@ FCALL), and for its background syncer's ``breaker_flush`` of 1 to B breakers; an
 flight per connection as a single-threaded process has, at the rates
 :mod:`benchmarks.fleet_model` names; each replayed process also holds a subscriber
 connection, as its hub would. A replayed request costs the client a few µs, so one
-core of client drives Redis to the model's 50% point. Strategy ``synced`` sends, at
-each of a process's syncer wakes, one ``breaker_flush`` of as many breakers as are
-due (drawn from the model's distribution), ``lazy`` one sync per breaker, and
+core of client drives Redis to the model's 50% point. Strategy ``synced`` sends what
+the syncer sends at steady state: at each of a process's steps (about every 0.9
+``sync_interval`` when its breakers are busy), one ``breaker_flush`` of all the
+breakers flushed together (their number drawn from the model's distribution), and
+now and then a smaller call off the steps; ``lazy`` one sync per breaker, and
 ``batched`` the library's report calls pipelined.
 """
 
@@ -38,8 +40,7 @@ from benchmarks.fleet_model import (
     batched_rates,
     binomial,
     sync_rate,
-    sync_tick,
-    synced_rates,
+    synced,
 )
 from benchmarks.fleet_sim import NEVER, Run, boom, drive, ok, split, wait_start
 from redisbreaker.bench import SCRIPT_COMMANDS, Boom
@@ -146,21 +147,31 @@ def capture(url: str, prefix: str, breakers: int, sync_interval: float) -> Captu
 
 @dataclass(frozen=True)
 class FlushPlan:
-    """Strategy ``synced``: a process's syncer wakes every ``every`` seconds and flushes
-    k of its breakers with probability ``cdf[k] - cdf[k - 1]``; besides, each breaker
-    syncs lazily ``lazy`` times a second."""
+    """Strategy ``synced``: a process's syncer steps every ``every`` seconds and flushes
+    k of its breakers in that step with probability ``cdf[k] - cdf[k - 1]`` (its busy
+    breakers together, in one call per CHUNK); besides, it sends ``alone`` calls a
+    second of ``alone_depth`` breakers each (breakers flushed off the steps), and each
+    breaker syncs lazily ``lazy`` times a second."""
 
     every: float
     cdf: list[float]
     lazy: float = 0.0
+    alone: float = 0.0
+    alone_depth: int = 1
 
     @classmethod
     def of(cls, fleet: Fleet) -> FlushPlan:
-        """The model's plan for ``fleet`` (each breaker due independently at a wake)."""
-        flushes, lazy = synced_rates(fleet.calls, fleet.failure_share, fleet.sync_interval)
-        tick = sync_tick(fleet.sync_interval)
-        pmf = binomial(fleet.breakers, min(1.0, flushes * tick))
-        return cls(tick, list(itertools.accumulate(pmf)), lazy)
+        """The model's plan for ``fleet`` (:func:`benchmarks.fleet_model.synced`)."""
+        got = synced(fleet.calls, fleet.failure_share, fleet.sync_interval, fleet.breakers)
+        if got.step <= 0.0:
+            return cls(3600.0, [1.0])
+        q = min(1.0, got.at_steps * got.step)
+        pmf = binomial(fleet.breakers, q)
+        chunks = sum(p * -(-k // CHUNK) for k, p in enumerate(pmf))
+        alone = max(0.0, got.calls - chunks / got.step)
+        own = fleet.breakers * got.own
+        depth = max(1, min(fleet.breakers, round(own / alone))) if alone > 0 else 1
+        return cls(got.step, list(itertools.accumulate(pmf)), got.lazy, alone, depth)
 
     @classmethod
     def fixed(cls, every: float, depth: int) -> FlushPlan:
@@ -259,10 +270,10 @@ def _replay_fleet(
     plan = spec.plan
     batched = plan is not None or fleet.strategy == "batched"
     b_count = fleet.breakers
-    lazy_rate = 0.0  # per process: lazy syncs besides the flushes
+    lazy_rate = alone_rate = 0.0  # per process: lazy syncs, flushes off the steps
     batch, replies = b"", 0
-    if plan is not None:  # one breaker_flush per CHUNK due breakers, at each wake
-        every, lazy_rate = plan.every, b_count * plan.lazy
+    if plan is not None:  # one breaker_flush per CHUNK due breakers, at each step
+        every, lazy_rate, alone_rate = plan.every, b_count * plan.lazy, plan.alone
     elif batched:  # the library's report calls, pipelined
         every = BATCH_TICK * fleet.sync_interval
         _flushes, lazy = batched_rates(fleet.calls, fleet.sync_interval)
@@ -275,8 +286,9 @@ def _replay_fleet(
     out.put(("ready", os.getpid()))
     start = wait_start(start_at)
     measure_from, end = start + spec.warm, start + spec.warm + spec.window
-    # (when, conn, breaker): breaker -1 is a syncer wake or a batched flush, -2 a
-    # recorded failure, -3 a lazy sync of a breaker the syncer or flusher left alone.
+    # (when, conn, breaker): breaker -1 is a syncer step or a batched flush, -2 a
+    # recorded failure, -3 a lazy sync of a breaker the syncer or flusher left alone,
+    # -4 a syncer call off the steps.
     heap: list[tuple[float, int, int]] = []
     for k in range(len(conns)):
         if batched:
@@ -287,6 +299,8 @@ def _replay_fleet(
             heap.append((start + rng.expovariate(record_rate), k, -2))
         if lazy_rate > 0:
             heap.append((start + rng.expovariate(lazy_rate), k, -3))
+        if alone_rate > 0:
+            heap.append((start + rng.expovariate(alone_rate), k, -4))
     heapq.heapify(heap)
     sent = errors = late = 0
     cpu0 = os.times()
@@ -306,6 +320,9 @@ def _replay_fleet(
             elif j == -2:
                 conn.push(captured[rng.randrange(b_count)].record, 1)
                 n, later = 1, when + rng.expovariate(record_rate)
+            elif j == -4 and plan is not None:
+                conn.push(flushes[min(plan.alone_depth, CHUNK)], 1)
+                n, later = 1, when + rng.expovariate(alone_rate)
             elif j == -3:
                 conn.push(captured[rng.randrange(b_count)].sync, 1)
                 n, later = 1, when + rng.expovariate(lazy_rate)

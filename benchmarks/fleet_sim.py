@@ -11,8 +11,9 @@ client has its own background syncer thread); ``lazy`` is the library with
 ``background_sync=False`` (as before the syncer); ``batched`` adds to that, per
 simulated process, an earlier proposal (:class:`Flusher`). This checks the
 model's rates (how many script calls the library really makes) as well as its
-constants, up to P = 1000 and B = 100, at the load the Python clients of a small
-machine can offer;
+constants, up to P = 200 and B = 100 (two CPUs cannot drive 1000 simulated processes,
+each with its own hub and syncer thread, on time), at the load the Python clients of
+a small machine can offer;
 ``benchmarks/fleet_replay.py`` drives Redis harder with the library's requests.
 
 Redis CPU is read by the parent from the server's own counters (``INFO cpu``), never

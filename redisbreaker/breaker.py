@@ -146,24 +146,31 @@ class SharedBreaker(BreakerBase):
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through the breaker."""
-        ticket = self._admit()
-        now = self._core.now
+        core = self._core
+        now = core.now
         start = now()
+        # The hot path: core.fast_admit's first case, inline (a closed, fresh view).
+        ticket = core.allow_ticket
+        if ticket is None or start >= core.view_expires or self._epoch != forking.epoch:
+            ticket = self._admit()
+            start = now()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._send(self._core.finish(ticket, exc, now() - start))
+            self._send(core.finish(ticket, exc, now() - start))
             raise
         if type(result) is CoroutineType:  # (a type check: the hot path stays cheap)
             # An async function: nothing ran but the coroutine's creation. Count
             # nothing (a trial permit is handed back) and say which class to use.
             cast("CoroutineType[Any, Any, Any]", result).close()
-            self._send(self._core.finish_code(ticket, Code.IGNORED))
+            self._send(core.finish_code(ticket, Code.IGNORED))
             raise TypeError(
                 f"{fn!r} returned a coroutine: await it through "
                 "redisbreaker.aio.SharedBreaker (this breaker is for sync functions)"
             )
-        self._send(self._core.finish(ticket, None, now() - start))
+        follow = core.success(ticket, now() - start)
+        if follow is not None:
+            self._send(follow)
         return result
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:

@@ -50,6 +50,11 @@ from redisbreaker.options import BreakerOptions, OutagePolicy, open_seconds
 from redisbreaker.outage import Trouble, classify, describe, rate_limited
 from redisbreaker.state import Code, Snapshot, State, Transition, Verdict, View, text_of
 
+# Our own generator: background threads (the syncer, waiters) must not draw from the
+# global one, which a user (or Hypothesis) may seed and watch. Reseeded after fork.
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
+
 monotonic = time.monotonic  # module-level so tests can replace the time source
 
 logger = logging.getLogger("redisbreaker")
@@ -258,6 +263,23 @@ class BreakerCore:
                 self.last_failure = failure_note(exc)
         return self.finish_code(ticket, code)
 
+    def success(self, ticket: Ticket, duration: float) -> ScriptCall | None:
+        """:meth:`finish` of a call that returned, with the common case (a fast success
+        in the current generation) counted here in one step: the hot path."""
+        slow = self.options.slow_call_duration
+        if (
+            (slow is not None and duration > slow) or ticket.token or ticket.local
+            or not ticket.counted or self.outage_since is not None
+        ):  # fmt: skip
+            return self.finish(ticket, None, duration)
+        with self._lock:
+            if ticket.generation == self.pending_gen:
+                self.pending += 1
+                if self.pending < self.options.max_pending or self._sending:
+                    return None
+                return self._report_locked()
+        return self.finish_code(ticket, Code.SUCCESS)  # its generation is gone
+
     def finish_code(self, ticket: Ticket, code: Code) -> ScriptCall | None:
         """:meth:`finish` with the outcome decided (``Code.IGNORED``: count nothing)."""
         if ticket.local or (ticket.counted and self.outage_since is not None):
@@ -377,7 +399,7 @@ class BreakerCore:
         default this process is who calls, and the note is its last failure."""
         clock = str(self.clock_override()) if self.clock_override else ""
         return self.options.argv(
-            clock=clock, rand=random.random(), channel=self.channel,
+            clock=clock, rand=_rng.random(), channel=self.channel,
             event_prefix=self._event_prefix(), who=origin() if who is None else who,
             note=self.last_failure if note is None else note,
         )  # fmt: skip
@@ -666,7 +688,7 @@ class BreakerCore:
         return self.local_model
 
     def _local_args(self) -> list[Any]:
-        return self.options.argv(clock="", rand=random.random(), channel="", event_prefix=b"")
+        return self.options.argv(clock="", rand=_rng.random(), channel="", event_prefix=b"")
 
     def _local_record(self, ticket: Ticket, code: str) -> None:
         if ticket.local:

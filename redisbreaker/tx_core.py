@@ -21,6 +21,7 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import random
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +51,11 @@ from redisbreaker.keys import KeySpace
 from redisbreaker.outage import Trouble, classify
 from redisbreaker.scripts import explain, source
 from redisbreaker.state import text_of
+
+# Our own generator: background threads (the syncer, waiters) must not draw from the
+# global one, which a user (or Hypothesis) may seed and watch. Reseeded after fork.
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
 
 logger = logging.getLogger("redisbreaker")
 
@@ -627,7 +633,7 @@ class Context:
 
 
 def backoff(attempt: int) -> float:
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 16)) * random.uniform(0.5, 1.0)
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 16)) * _rng.uniform(0.5, 1.0)
 
 
 class Plan(Generic[T]):

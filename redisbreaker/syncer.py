@@ -152,6 +152,29 @@ def unpack_cluster(results: Sequence[Any]) -> tuple[list[Any], list[int]]:
     return replies, missing
 
 
+class ClusterRounds:
+    """A Cluster flush's rounds (no I/O): the first sends every breaker; a second, after
+    the script is loaded on every master, sends again those whose master lacked it."""
+
+    def __init__(self, chunk: Sequence[Due], sha: str) -> None:
+        self.chunk, self.sha = chunk, sha
+        self.replies: list[Any] = [None] * len(chunk)
+        self.todo = list(range(len(chunk)))
+        self.round = 0
+
+    def commands(self) -> list[list[Any]]:
+        return flush_commands([self.chunk[i] for i in self.todo], self.sha)
+
+    def take(self, results: Sequence[Any]) -> bool:
+        """Note a round's results; whether another round is due (load the script first)."""
+        found, missing = unpack_cluster(results)
+        for i, reply in zip(self.todo, found, strict=True):
+            self.replies[i] = reply
+        self.round += 1
+        self.todo = [self.todo[i] for i in missing]
+        return bool(self.todo) and self.round < 2
+
+
 def _settle_failed(breaker: Synced, call: ScriptCall) -> None:
     """Taking a reply in raised (a defect): hand back what the call held, so the
     breaker's own calls carry on."""
@@ -224,20 +247,14 @@ class Syncer:
 
     def _cluster_replies(self, chunk: list[Due]) -> list[Any]:
         script = chunk[0][0].flush_caller().script  # EVALSHA on a Cluster
-        replies: list[Any] = [None] * len(chunk)
-        todo = list(range(len(chunk)))
-        for attempt in range(2):
+        rounds = ClusterRounds(chunk, script.sha)
+        while True:
             pipe = self.client.pipeline()
-            for command in flush_commands([chunk[i] for i in todo], script.sha):
+            for command in rounds.commands():
                 pipe.execute_command(*command)
-            found, missing = unpack_cluster(pipe.execute(raise_on_error=False))
-            for i, reply in zip(todo, found, strict=True):
-                replies[i] = reply
-            if not missing or attempt:
-                break
+            if not rounds.take(pipe.execute(raise_on_error=False)):
+                return rounds.replies
             self.client.script_load(script.script)  # every master
-            todo = [todo[i] for i in missing]
-        return replies
 
 
 class AsyncSyncer:
@@ -298,20 +315,14 @@ class AsyncSyncer:
 
     async def _cluster_replies(self, chunk: list[Due]) -> list[Any]:
         script = chunk[0][0].flush_caller().script
-        replies: list[Any] = [None] * len(chunk)
-        todo = list(range(len(chunk)))
-        for attempt in range(2):
+        rounds = ClusterRounds(chunk, script.sha)
+        while True:
             pipe = self.client.pipeline()
-            for command in flush_commands([chunk[i] for i in todo], script.sha):
+            for command in rounds.commands():
                 pipe.execute_command(*command)
-            found, missing = unpack_cluster(await pipe.execute(raise_on_error=False))
-            for i, reply in zip(todo, found, strict=True):
-                replies[i] = reply
-            if not missing or attempt:
-                break
+            if not rounds.take(await pipe.execute(raise_on_error=False)):
+                return rounds.replies
             await self.client.script_load(script.script)
-            todo = [todo[i] for i in missing]
-        return replies
 
 
 # -- one syncer per process (or event loop) and client ----------------------------------

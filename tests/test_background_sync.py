@@ -136,6 +136,18 @@ def test_the_tick_follows_the_shortest_interval(r: redis.Redis) -> None:
     assert breakers[0] in syncer_for(r).registry.members()
 
 
+async def _totals_once_flushed(
+    client: Any, breakers: list[AsyncSharedBreaker], want: int
+) -> list[int]:
+    """Each breaker's fleet total in Redis, once every one is ``want`` (or after 30 s)."""
+    for _ in range(3000):
+        totals = [int(await client.hget(b.keys[0], "n_ok") or 0) for b in breakers]
+        if totals == [want] * len(breakers):
+            break
+        await asyncio.sleep(0.01)
+    return totals
+
+
 def test_asyncio_breakers_are_synced_by_a_task(redis_url: str) -> None:
     async def main() -> tuple[int, int]:
         client = aredis.Redis.from_url(redis_url)
@@ -152,11 +164,7 @@ def test_asyncio_breakers_are_synced_by_a_task(redis_url: str) -> None:
                 for _ in range(4):
                     await breaker.call(fine)
             pending = sum(b.core.pending for b in breakers)
-            for _ in range(3000):  # until the task has flushed them (or 30 s)
-                totals = [int(await client.hget(b.keys[0], "n_ok") or 0) for b in breakers]
-                if totals == [4, 4, 4]:
-                    break
-                await asyncio.sleep(0.01)
+            totals = await _totals_once_flushed(client, breakers, 4)
             return pending, sum(totals)
         finally:
             await client.aclose()
@@ -201,12 +209,7 @@ def test_asyncio_on_a_cluster(redis_cluster: RedisCluster) -> None:
             await client.script_flush()
             for breaker in breakers:
                 await breaker.call(fine)
-            for _ in range(3000):
-                totals = [int(await client.hget(b.keys[0], "n_ok") or 0) for b in breakers]
-                if totals == [3] * 6:
-                    break
-                await asyncio.sleep(0.01)
-            return totals
+            return await _totals_once_flushed(client, breakers, 3)
         finally:
             await client.aclose()
 
@@ -264,3 +267,24 @@ def test_breakers_fall_into_step() -> None:
     due = Registry().due(fakes, 0.1)  # type: ignore[arg-type]
     # s0's view ends at 1.0 (due); s1's at 1.3 (past half: along); s2's at 1.6 (not).
     assert [b.core.name for b, _ in due] == ["s0", "s1"]
+
+
+def test_cluster_rounds_resend_only_what_met_noscript() -> None:
+    """A Cluster flush's second round (after loading the script) sends only the breakers
+    whose master lacked it; there is no third."""
+    from redis.exceptions import NoScriptError
+
+    from redisbreaker.syncer import ClusterRounds
+
+    class Fake:
+        def __init__(self, name: str) -> None:
+            self.core = BreakerCore(name, BreakerOptions(), KeySpace.of("rb:", "cb", name))
+
+    chunk = [(Fake(n), Fake(n).core.flush_call()) for n in ("a", "b", "c")]
+    rounds = ClusterRounds(chunk, "sha")  # type: ignore[arg-type]
+    assert len(rounds.commands()) == 3
+    assert rounds.take([["ra"], NoScriptError("NOSCRIPT"), ["rc"]]) is True
+    assert [c[3] for c in rounds.commands()] == chunk[1][0].core.key_list[:1]
+    assert rounds.take([NoScriptError("NOSCRIPT")]) is False
+    assert rounds.replies[0] == "ra" and rounds.replies[2] == "rc"
+    assert isinstance(rounds.replies[1], NoScriptError)

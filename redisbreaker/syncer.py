@@ -57,6 +57,9 @@ class Synced(Protocol):
     @property
     def core(self) -> BreakerCore: ...
 
+    @property
+    def client(self) -> Any: ...
+
     def flush_caller(self) -> Any: ...
 
     def settle_background(self, call: ScriptCall, reply: Any) -> Any:
@@ -188,7 +191,7 @@ class Syncer:
 
     def __init__(self, client: Any) -> None:
         self.pid = os.getpid()
-        self.client = client
+        # (not the client itself: this syncer lives in a dictionary keyed weakly by it)
         self.cluster = is_cluster(client)
         self.registry = Registry()
         self._lock = threading.Lock()
@@ -246,22 +249,22 @@ class Syncer:
         return replies
 
     def _cluster_replies(self, chunk: list[Due]) -> list[Any]:
-        script = chunk[0][0].flush_caller().script  # EVALSHA on a Cluster
+        first = chunk[0][0]
+        script = first.flush_caller().script  # EVALSHA on a Cluster
         rounds = ClusterRounds(chunk, script.sha)
         while True:
-            pipe = self.client.pipeline()
+            pipe = first.client.pipeline()
             for command in rounds.commands():
                 pipe.execute_command(*command)
             if not rounds.take(pipe.execute(raise_on_error=False)):
                 return rounds.replies
-            self.client.script_load(script.script)  # every master
+            first.client.script_load(script.script)  # every master
 
 
 class AsyncSyncer:
     """The asyncio twin: one task per event loop and client."""
 
     def __init__(self, client: Any) -> None:
-        self.client = client
         self.cluster = is_cluster(client)
         self.registry = Registry()
         self._task: asyncio.Task[None] | None = None
@@ -314,15 +317,16 @@ class AsyncSyncer:
         return replies
 
     async def _cluster_replies(self, chunk: list[Due]) -> list[Any]:
-        script = chunk[0][0].flush_caller().script
+        first = chunk[0][0]
+        script = first.flush_caller().script
         rounds = ClusterRounds(chunk, script.sha)
         while True:
-            pipe = self.client.pipeline()
+            pipe = first.client.pipeline()
             for command in rounds.commands():
                 pipe.execute_command(*command)
             if not rounds.take(await pipe.execute(raise_on_error=False)):
                 return rounds.replies
-            await self.client.script_load(script.script)
+            await first.client.script_load(script.script)
 
 
 # -- one syncer per process (or event loop) and client ----------------------------------

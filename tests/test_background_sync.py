@@ -288,4 +288,3 @@ def test_cluster_rounds_resend_only_what_met_noscript() -> None:
     assert rounds.take([NoScriptError("NOSCRIPT")]) is False
     assert rounds.replies[0] == "ra" and rounds.replies[2] == "rc"
     assert isinstance(rounds.replies[1], NoScriptError)
-

@@ -24,6 +24,8 @@ from typing import Any
 
 import redis
 
+from redisbreaker import stored
+
 BROKEN = "broken"
 HEALTHY = "healthy"
 TASK = "demo.work"
@@ -237,8 +239,8 @@ def measure(
 
     trips = 0
     if with_breaker:
-        state = r.hget(f"{ns}:cb{{{_tag(f'{TASK}|worker={broken}')}}}:s", "trips")
-        trips = int(state) if state else 0
+        state = r.get(f"{ns}:cb{{{_tag(f'{TASK}|worker={broken}')}}}:s")
+        trips = int(stored.decode(state)["trips"]) if isinstance(state, bytes) else 0
     succeeded = int(r.scard(f"{ns}:done"))
     result = {
         "with_breaker": with_breaker,

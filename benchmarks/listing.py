@@ -11,6 +11,7 @@ import time
 import uuid
 
 from benchmarks.harness import Config, SuiteResult, check, fmt, run_alone
+from redisbreaker import stored
 from redisbreaker.config import client_from_url
 from redisbreaker.fleet import Fleet
 from redisbreaker.keys import KeySpace
@@ -25,7 +26,7 @@ def listing_seconds(url: str, breakers: int, rounds: int) -> list[float]:
     pipe = client.pipeline(transaction=False)
     for i in range(breakers):
         key = KeySpace.of(prefix, "cb", f"svc-{i}").key("s")
-        pipe.hset(key, mapping={"st": "closed", "gen": 0, "n_ok": 5, "cfg": SETTINGS})
+        pipe.set(key, stored.encode({**stored.fresh(), "n_ok": 5, "cfg": SETTINGS}))
     pipe.execute()
     fleet = Fleet(client, prefix)
     try:

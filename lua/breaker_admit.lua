@@ -12,18 +12,18 @@ local setup_error = breaker_setup(KEYS, ARGV)
 if setup_error then return setup_error end
 local bad = check_batch(OP + 1)
 if bad then return redis.error_reply(bad) end
-local now = now_ms(cfg.clock)
+local now = clock()
 local s = load(true)
 if s.err then return s end
 if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
-apply_batch(s, OP + 1, now)
+apply_batch(s, OP + 1)
 
 local verdict, wait_ms = 'allow', 0
 if s.st == 'open' then
   if now < s['until'] then
     verdict, wait_ms = 'reject', s['until'] - now
   else
-    transition(s, 'half_open', now)
+    transition(s, 'half_open')
   end
 end
 if s.st == 'half_open' then
@@ -38,5 +38,5 @@ if s.st == 'half_open' then
 elseif s.st == 'forced_open' then
   verdict = 'reject'
 end
-save(s, now)
+save(s)
 return reply(s, verdict, wait_ms)

@@ -28,10 +28,12 @@ end
 if at ~= #ARGV + 1 then
   return redis.error_reply('ERR breaker_flush: ' .. (#ARGV - at + 1) .. ' arguments left over')
 end
-local now, out = now_ms(''), {}
+-- TIME is read once, by the first breaker whose step needs it, and shared.
+local now, out = nil, {}
 for i = 1, n do
   local first = starts[i]
   local argv = { unpack(ARGV, first + 1, first + tonumber(ARGV[first])) }
   out[i] = report({ KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i] }, argv, now)
+  if now == nil and type(out[i]) == 'table' and not out[i].err then now = server_clock() end
 end
 return out

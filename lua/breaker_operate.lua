@@ -9,7 +9,6 @@
 -- published event must be seen together by every worker.
 local setup_error = breaker_setup(KEYS, ARGV)
 if setup_error then return setup_error end
-local now = now_ms(cfg.clock)
 local cmd = ARGV[OP]
 local ms = tonumber(ARGV[OP + 1])
 if cmd ~= 'force_open' and cmd ~= 'disable' and cmd ~= 'reset' and cmd ~= 'open' then
@@ -23,22 +22,22 @@ if s.err then return s end
 local text = cmd .. ((cmd == 'open') and (' for ' .. (ms / 1000) .. 's') or '') .. ' by ' .. cfg.who
 if cfg.note ~= '' then text = text .. ': ' .. cfg.note end
 if cmd == 'force_open' then
-  if s.st ~= 'forced_open' then transition(s, 'forced_open', now, nil, 'operator', text) end
+  if s.st ~= 'forced_open' then transition(s, 'forced_open', nil, 'operator', text) end
 elseif cmd == 'disable' then
-  if s.st ~= 'disabled' then transition(s, 'disabled', now, nil, 'operator', text) end
+  if s.st ~= 'disabled' then transition(s, 'disabled', nil, 'operator', text) end
 elseif cmd == 'reset' then
   if s.st ~= 'closed' then
-    transition(s, 'closed', now, nil, 'operator', text)
+    transition(s, 'closed', nil, 'operator', text)
   else
     win_reset(s)
     s.consec = 0
   end
   s.trips = 0
 elseif cmd == 'open' then
-  transition(s, 'open', now, ms, 'operator', text)
+  transition(s, 'open', ms, 'operator', text)
 end
 -- A command that changes nothing (reset of a closed breaker, force_open of a forced
 -- one) is still the last word on why the breaker is as it is.
-if transition_why == '' then audit('operator', text, '', now) end
-save(s, now)
-return reply(s, '', remain(s, now))
+if transition_why == '' then audit(s, 'operator', text, '') end
+save(s)
+return reply(s, '', remain(s))

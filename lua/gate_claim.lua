@@ -19,7 +19,7 @@
 -- window settings (lua/lib/breaker.lua `load`).
 local setup_error = breaker_setup(KEYS, ARGV)
 if setup_error then return setup_error end
-local now = now_ms(cfg.clock)
+local now = clock()
 local s = load()
 if s.err then return s end
 -- Last, after however many keys the breaker has, so the two lists cannot drift apart.

@@ -141,6 +141,7 @@ class BreakerBase:
                             f"breaker {self.name!r}: {diagnose(exc)}"
                         ) from exc
                 else:
+                    config.refuse_decoding_client(client, f"breaker {self.name!r}")
                     config.warn_risky_client(client)
                 found = {name: scripts.for_client(client, name) for name in SCRIPTS}
                 self._client = client

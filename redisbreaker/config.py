@@ -439,6 +439,21 @@ def risky_client_settings(client: object) -> list[str]:
 _warned_clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+def refuse_decoding_client(client: object, who: str) -> None:
+    """A breaker's replies carry its state as bytes (lua/lib/codec.lua): a client that
+    decodes every reply as text would garble them."""
+    encoder = getattr(client, "get_encoder", None)
+    try:
+        decoding = bool(encoder().decode_responses) if callable(encoder) else False
+    except Exception:  # a client that cannot say: assume the default (bytes)
+        decoding = False
+    if decoding:
+        raise ConfigurationError(
+            f"{who}: the Redis client decodes responses (decode_responses=True); pass a "
+            "client that returns bytes (the default)"
+        )
+
+
 def warn_risky_client(client: object) -> None:
     """Log one WARNING per client whose settings would stall calls during an outage."""
     if type(client).__module__.startswith("fakeredis"):

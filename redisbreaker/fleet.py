@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 import redis
 
+from redisbreaker import stored
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.durability import DataSet, MarkerWatch, parse_marker
 from redisbreaker.errors import STORAGE_ERRORS, ConfigurationError, StorageError
@@ -34,11 +35,6 @@ from redisbreaker.tx_core import Decision
 # Manual pauses (breakers named MANUAL_PAUSE) are shown under this name.
 PAUSE = "pause"
 _GLOB = re.compile(r"([*?\[\]\\])")
-_FIELDS = (
-    "st", "until", "trips", "consec", "n", "wf", "ws", "cfg", "n_ok", "n_fail", "n_slow",
-    "n_ign", "n_np", "n_trips", "open_ms", "opened", "why", "why_text", "why_err", "why_by",
-    "why_at",
-)  # fmt: skip
 
 
 class UnknownBreakerError(ConfigurationError, LookupError):
@@ -163,6 +159,13 @@ class TransactionInfo:
         return asdict(self)
 
 
+_STATES = frozenset(s.value for s in State)
+
+
+def _wrong_type(reply: Any) -> bool:
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE")
+
+
 def _int(value: Any) -> int:
     try:
         return int(float(text_of(value)))
@@ -205,6 +208,35 @@ class Fleet:
         except STORAGE_ERRORS as exc:
             raise StorageError(f"reading {self.prefix!r}: {diagnose(exc)}") from exc
 
+    def _states(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The stored state of every key (``None``: no key, or not a breaker state),
+        in one pipeline (per node on a cluster). A hash of the layout before 3 (a
+        breaker no process of this version has touched yet) is read field by field."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+            raws: list[Any] = pipe.execute(raise_on_error=False)
+            legacy = [key for key, raw in zip(keys, raws, strict=True) if _wrong_type(raw)]
+            pipe = self.client.pipeline(transaction=False)
+            for key in legacy:
+                pipe.hmget(key, *stored.LEGACY_FIELDS)
+            rows = iter(pipe.execute() if legacy else [])
+        except STORAGE_ERRORS as exc:
+            raise StorageError(f"reading {self.prefix!r}: {diagnose(exc)}") from exc
+        out: list[dict[str, Any] | None] = []
+        for raw in raws:
+            if _wrong_type(raw):
+                out.append(stored.from_legacy(next(rows)))
+            elif isinstance(raw, bytes):
+                try:
+                    out.append(stored.decode(raw))
+                except stored.NotAState:
+                    out.append(None)
+            else:
+                out.append(None)
+        return out
+
     def server_ms(self) -> int:
         try:
             seconds, micros = self.client.time()
@@ -231,19 +263,19 @@ class Fleet:
         keys = [k for k in self.scan("cb{*}:s") if k.startswith(head) and k.endswith(tail)]
         now = self.server_ms()
         found = [
-            self._info(unescape_tag(key[len(head) : -len(tail)]), row, now)
-            for key, row in zip(keys, self._read(keys, _FIELDS), strict=True)
+            self._info(unescape_tag(key[len(head) : -len(tail)]), state, now)
+            for key, state in zip(keys, self._states(keys), strict=True)
+            if state is not None
         ]
         return sorted(found, key=lambda b: (b.name, b.scope, b.scope_key))
 
-    def _info(self, stored: str | bytes, row: list[Any], now: int) -> BreakerInfo:
-        v = dict(zip(_FIELDS, row, strict=True))
-        state = State(text_of(v["st"])) if v["st"] else State.CLOSED
+    def _info(self, stored_name: str | bytes, v: dict[str, Any], now: int) -> BreakerInfo:
+        state = State(v["st"]) if v["st"] in _STATES else State.CLOSED
         until = _int(v["until"])
         open_ms = _int(v["open_ms"])
         if state in (State.OPEN, State.FORCED_OPEN) and v["opened"]:
             open_ms += max(0, now - _int(v["opened"]))
-        name, scope, key = split_name(stored)
+        name, scope, key = split_name(stored_name)
         return BreakerInfo(
             name=name, scope=scope, scope_key=key, state=state,
             retry_after=max(0, until - now) / 1000.0 if state is State.OPEN else 0.0,
@@ -251,21 +283,19 @@ class Fleet:
             slow_calls=_int(v["ws"]), trips=_int(v["trips"]),
             totals=Totals(_int(v["n_ok"]), _int(v["n_fail"]), _int(v["n_slow"]),
                           _int(v["n_ign"]), _int(v["n_np"]), _int(v["n_trips"]), open_ms),
-            reason=Reason(text_of(v["why"] or ""), text_of(v["why_text"] or ""),
-                          text_of(v["why_err"] or ""), text_of(v["why_by"] or ""),
-                          _int(v["why_at"])),
-            settings=text_of(v["cfg"] or ""), stored_name=stored,
+            reason=Reason(v["why"], v["why_text"], v["why_err"], v["why_by"], _int(v["why_at"])),
+            settings=v["cfg"], stored_name=stored_name,
         )  # fmt: skip
 
     def breaker(self, name: str, scope: str = "cluster", key: str = "") -> BreakerInfo:
         """One breaker; raises :class:`UnknownBreakerError` if it has no state."""
         stored = join_name(name, scope, key)
         state_key = f"{self.prefix}cb{{{escape_tag(stored)}}}:s"
-        row = self._read([state_key], _FIELDS)[0]
-        if all(x is None for x in row):
+        state = self._states([state_key])[0]
+        if state is None:
             raise UnknownBreakerError(f"no breaker {self._shown(name, scope, key)} under "
                                       f"prefix {self.prefix!r}")  # fmt: skip
-        return self._info(stored, row, self.server_ms())
+        return self._info(stored, state, self.server_ms())
 
     @staticmethod
     def _shown(name: str, scope: str, key: str) -> str:

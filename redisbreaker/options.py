@@ -281,15 +281,16 @@ class BreakerOptions:
 
     def argv(
         self, *, clock: str, rand: float, channel: str, event_prefix: bytes, who: str = "",
-        note: str = "",
+        note: str = "", refresh_ttl: bool = True,
     ) -> list[Any]:  # fmt: skip
         """ARGV[1..OP-1] of every breaker script, in the order ``lua/lib/breaker.lua``
         reads: the settings as their fingerprint and their text (a shell that knows
         Redis has them sends '' instead: ``SETTINGS_TEXT`` is their index), ``who``
-        calls, and ``note`` is the last failure it reports (or an operator's reason)."""
+        calls, ``note`` is the last failure it reports (or an operator's reason), and
+        whether the call refreshes the state's TTL (else it keeps it when it can)."""
         return [
             clock, repr(rand), channel, event_prefix, self.settings_fingerprint,
-            self.settings_text, who, note,
+            self.settings_text, who, note, "1" if refresh_ttl else "",
         ]  # fmt: skip
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from redisbreaker import stored
 
 
 class State(StrEnum):
@@ -92,40 +95,38 @@ class View:
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> View:
-        """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua`` (and the
-        reason ``breaker_snapshot.lua`` appends). Lua numbers arrive as ints and strings
-        as bytes (or str with decoding on)."""
-        # (On every recorded failure: written for speed. Lua's numbers arrive as ints.)
-        n = len(reply)
-        old, other, why = reply[9], reply[11] if n > 11 else "", reply[12] if n > 12 else ""
-        reason = None
-        if n >= 26:
-            reason = Reason(text_of(reply[20]), text_of(reply[21]), text_of(reply[22]),
-                            text_of(reply[23]), int(reply[24]))  # fmt: skip
-        if n >= 20:
-            t = reply
-            open_ms = int(t[25]) if reason is not None else int(t[19])  # (snapshot: so far)
-            totals = Totals(int(t[13]), int(t[14]), int(t[15]), int(t[16]), int(t[17]),
-                            int(t[18]), open_ms)  # fmt: skip
-        else:
-            totals = Totals()
+        """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua``: the
+        stored state (``lua/lib/codec.lua``), wait_ms, the state it left, the verdict,
+        other settings, why; a snapshot's reply adds the time open so far, and its reason
+        is read from the state."""
+        # (On every recorded failure: written for speed.)
+        blob, wait_ms, old, verdict, other, why = reply[:6]
+        try:
+            h = stored.HEAD.unpack_from(blob)
+            state = _STATE_CODES[h[1]]
+        except (TypeError, struct.error, KeyError):
+            if isinstance(blob, str):
+                raise ValueError(
+                    "the Redis client decodes responses (decode_responses=True); a breaker "
+                    "needs a client that returns bytes"
+                ) from None
+            raise ValueError(f"not a breaker state: {blob!r:.80}") from None
+        # h: layout, st, gen, until, trips, consec, hs, n, wf, ws, h, wsec, ct, cf, cs,
+        #    n_ok, n_fail, n_slow, n_ign, n_np, n_trips, open_ms, ...
+        reason, open_ms = None, h[21]
+        if len(reply) > 6:  # a snapshot
+            s = stored.decode(blob)
+            reason = Reason(s["why"], s["why_text"], s["why_err"], s["why_by"], s["why_at"])
+            open_ms = int(reply[6])
         return cls(
-            _STATES[reply[0]],
-            int(reply[1]),
-            int(reply[2]),
-            int(reply[3]),
-            int(reply[4]),
-            int(reply[5]),
-            int(reply[6]),
-            int(reply[7]),
-            int(reply[8]),
+            state, h[2], int(wait_ms), h[5], h[7], h[8], h[9], h[6], h[4],
             _STATES[old] if old else None,
-            _VERDICTS[reply[10]],
+            _VERDICTS[verdict],
             text_of(other) if other else "",
             text_of(why) if why else "",
-            totals,
+            Totals(h[15], h[16], h[17], h[18], h[19], h[20], open_ms),
             reason,
-        )
+        )  # fmt: skip
 
 
 def text_of(value: object) -> str:
@@ -134,6 +135,7 @@ def text_of(value: object) -> str:
 
 
 _STATES: dict[Any, State] = {**{s.value: s for s in State}, **{s.value.encode(): s for s in State}}
+_STATE_CODES = {i + 1: State(name) for i, name in enumerate(stored.STATES)}
 _VERDICTS: dict[Any, Verdict] = {
     **{v.value: v for v in Verdict},
     **{v.value.encode(): v for v in Verdict},

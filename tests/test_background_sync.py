@@ -14,7 +14,7 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster as ClusterClient
 
-from redisbreaker import SharedBreaker
+from redisbreaker import SharedBreaker, stored
 from redisbreaker.aio import SharedBreaker as AsyncSharedBreaker
 from redisbreaker.breaker_core import BreakerCore
 from redisbreaker.config import async_client_from_url
@@ -24,14 +24,18 @@ from redisbreaker.syncer import CHUNK, Registry, syncer_for
 from redisbreaker.testing.servers import RedisCluster
 from tests.helpers import ok, wait_for
 
-CLOSED_REPLY = ["closed", 0, 0, 0, 0, 0, 0, 0, 0, "", "allow", "", "", 0, 0, 0, 0, 0, 0, 0]
+
+def _reply(st: str, gen: int, wait_ms: int) -> list[Any]:
+    """A breaker script's reply (lua/lib/breaker.lua reply()) for state ``st``."""
+    return [stored.encode({**stored.fresh(), "st": st, "gen": gen}), wait_ms, "", "allow", "", ""]
 
 
 def _successes(breaker: SharedBreaker) -> int:
     """The fleet total in Redis, read without the breaker (its own snapshot() would
     refresh its view, and a fresh view is not due for a sync)."""
     r = breaker.client
-    return int(r.hget(breaker.keys[0], "n_ok") or 0)
+    raw = r.get(breaker.keys[0])
+    return 0 if raw is None else int(stored.decode(raw)["n_ok"])
 
 
 def test_successes_reach_redis_with_no_further_call(r: redis.Redis) -> None:
@@ -91,7 +95,7 @@ def test_the_syncer_reports_a_corrupt_breaker_and_syncs_the_others(r: redis.Redi
     bad = SharedBreaker("bg-bad", client=r, sync_interval=0.2)
     for breaker in (good, bad):
         breaker.call(ok)
-    r.hset(bad.keys[0], "st", "bogus")
+    r.set(bad.keys[0], "bogus")
     for breaker in (good, bad):
         breaker.call(ok)
     assert wait_for(lambda: bad.core.errors >= 1, timeout=30)
@@ -104,9 +108,8 @@ def test_due_only_when_counted_and_about_to_expire() -> None:
     the lead and it counted something; not before its first view, not half-open, not
     in an outage, not while another thread sends."""
     core = BreakerCore("due", BreakerOptions(sync_interval=1.0), KeySpace.of("rb:", "cb", "due"))
-    reply = CLOSED_REPLY
     assert core.background_call(100.0, 0.25) is None  # no view yet
-    core.apply(reply, 100.0)
+    core.apply(_reply("closed", 0, 0), 100.0)
     assert core.background_call(100.8, 0.25) is None  # nothing counted
     core.pending = 3
     assert core.background_call(100.5, 0.25) is None  # the view has 0.5 s left
@@ -115,9 +118,9 @@ def test_due_only_when_counted_and_about_to_expire() -> None:
     assert core.background_call(100.8, 0.25) is None  # it holds the sender role
     core.sent(keep=False)
     core.refused = 2
-    core.apply(["half_open", 1, 0, *reply[3:]], 101.0)
+    core.apply(_reply("half_open", 1, 0), 101.0)
     assert core.background_call(101.9, 0.25) is None  # its calls ask Redis anyway
-    core.apply(["open", 2, 5000, *reply[3:]], 102.0)
+    core.apply(_reply("open", 2, 5000), 102.0)
     assert core.background_call(102.9, 0.25) is not None  # refused calls counted
     core.sent(keep=False)
     core.pending = 1
@@ -141,7 +144,8 @@ async def _totals_once_flushed(
 ) -> list[int]:
     """Each breaker's fleet total in Redis, once every one is ``want`` (or after 30 s)."""
     for _ in range(3000):
-        totals = [int(await client.hget(b.keys[0], "n_ok") or 0) for b in breakers]
+        raws = [await client.get(b.keys[0]) for b in breakers]
+        totals = [0 if raw is None else int(stored.decode(raw)["n_ok"]) for raw in raws]
         if totals == [want] * len(breakers):
             break
         await asyncio.sleep(0.01)
@@ -250,9 +254,7 @@ def test_breakers_fall_into_step() -> None:
         core = BreakerCore(
             f"s{i}", BreakerOptions(sync_interval=1.0), KeySpace.of("rb:", "cb", f"s{i}")
         )
-        core.apply(
-            ["closed", 0, 0, 0, 0, 0, 0, 0, 0, "", "allow", "", "", 0, 0, 0, 0, 0, 0, 0], 0.3 * i
-        )
+        core.apply(_reply("closed", 0, 0), 0.3 * i)
         core.pending = 1
         cores.append(core)
 

@@ -182,8 +182,8 @@ def test_time_window_first_call_after_a_long_idle_is_o1(quiet: redis.Redis) -> N
 
 def test_count_window_cost_does_not_grow_with_its_size(quiet: redis.Redis) -> None:
     """A failure in a full CountWindow(100000) runs the same commands as in a
-    CountWindow(100), and the breaker's state hash stays small (the ring is its own
-    key, written one slot at a time)."""
+    CountWindow(100), and the breaker's state stays small (the ring is its own key,
+    written one slot at a time)."""
     costs = {}
     clock = VirtualClock()  # no view lease ends (and syncs) while the commands are counted
     for size in (100, 100_000):
@@ -197,9 +197,7 @@ def test_count_window_cost_does_not_grow_with_its_size(quiet: redis.Redis) -> No
         snap = b.snapshot()
         assert (snap.calls, snap.failures) == (size, 2)
         state = b.keys[0]
-        assert (
-            max(quiet.hstrlen(state, f) for f in quiet.hkeys(state)) < 200
-        )  # no field holds the ring
+        assert quiet.strlen(state) < 400  # the state does not hold the ring
     assert costs[100_000] == costs[100]
 
 

@@ -11,7 +11,7 @@ import redis
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from redisbreaker import scripts
+from redisbreaker import scripts, stored
 from redisbreaker.keys import KeySpace
 from redisbreaker.model import BreakerModel
 from redisbreaker.options import SETTINGS_TEXT, Backoff, BreakerOptions, CountWindow, TimeWindow
@@ -207,9 +207,10 @@ class LuaVersusModel(RuleBasedStateMachine):
             (f"{sec}:{t}:{f}:{w}".encode(), float(sec)) for sec, (t, f, w) in m.buckets.items()
         ]
         assert self.r.zrange(b_key, 0, -1, withscores=True) == buckets
-        if self.r.exists(s_key):
-            stored = self.r.hmget(s_key, "h", "ct", "cf", "cs", "wsec")
-            assert [int(x or 0) for x in stored] == [m.h, m.ct, m.cf, m.cs, m.wsec]
+        raw = self.r.get(s_key)
+        if isinstance(raw, bytes):
+            s = stored.decode(raw)
+            assert [s["h"], s["ct"], s["cf"], s["cs"], s["wsec"]] == [m.h, m.ct, m.cf, m.cs, m.wsec]
 
 
 class FunctionsVersusModel(LuaVersusModel):

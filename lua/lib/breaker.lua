@@ -1,9 +1,9 @@
---! use: clock, msgpack, publish
+--! use: clock, msgpack, publish, codec
 -- Shared state machine of one circuit breaker. Every breaker script starts with
 -- `--! use: breaker` (or a library that uses it), so this text is part of each of them.
 --
 -- KEYS (all share the breaker's hash tag):
---   KEYS[1] S  hash   the state, one field each:
+--   KEYS[1] S  string the state, one string (lua/lib/codec.lua) of these fields:
 --                     st      closed | open | half_open | forced_open | disabled
 --                     gen     generation: +1 on every transition (outcomes of an
 --                             older generation are dropped)
@@ -15,15 +15,14 @@
 --                     h       count window: the next ring slot to write
 --                     wsec    time window: the newest second counted
 --                     ct cf cs time window: running totals of calls, failures, slow
---                     wk      window kind:size:layout the counts belong to
---                     cfg     the settings of the process that wrote last (ARGV[5..18])
+--                     wkind wsize  the window the counts belong to
+--                     cfg     the settings of the process that wrote last (ARGV[6])
 --                     n_ok n_fail n_slow n_ign n_np  fleet-wide totals of calls that
 --                             succeeded, failed, were slow, were ignored, were refused
 --                             (not permitted), whatever the generation
 --                     n_trips automatic trips ever; open_ms time spent open (ended periods)
 --                     why why_text why_err why_by why_at  the last transition's reason
---                             (rule, text, the failure that made it, who, when), written
---                             by transition() and read only by breaker_snapshot
+--                             (rule, text, the failure that made it, who, when)
 --                     opened  when the current open period began (server ms)
 --   KEYS[2] P  zset   half-open permits: member = caller's token, score = lease expiry (ms)
 --   KEYS[3] B  zset   time-window buckets, one per second that recorded something:
@@ -33,8 +32,10 @@
 --                     end of the string is empty); the next slot to write is S.h
 -- A recorded outcome costs O(1) commands and bytes whatever the window size (a batch
 -- of m pending successes: O(min(m, size)) bytes). B and R exist only while the window
--- holds something (n > 0); S.wk names the window and the storage layout, and a key
--- written for another window (or by an older layout) starts an empty window.
+-- holds something (n > 0); a state written for another window starts an empty window.
+-- A state stored as a hash (the layout before 3) is read once and rewritten as a string;
+-- a process of such an older version meets the string as a key of the wrong type
+-- (CorruptStateError), and follows its on_outage policy until it is upgraded.
 -- ARGV[1..OP-1] is the call's head (see breaker_setup below); ARGV[OP..] belong to the
 -- operation.
 --
@@ -57,12 +58,16 @@
 -- by ',', redisbreaker/options.py `BreakerOptions.settings_text`), or '' when the
 -- caller expects this library to know the fingerprint already; ARGV[7] who calls
 -- (host:pid, or the operator); ARGV[8] a note: the last failure this call reports
--- ('Class: message'), or the operator's reason. An operation's own arguments start at
--- ARGV[OP].
-local OP = 9
+-- ('Class: message'), or the operator's reason; ARGV[9] '1' to refresh the TTLs, '' to
+-- keep them (each process refreshes on its first call, then at most every ttl/10: see
+-- save()). An operation's own arguments start at ARGV[OP].
+local OP = 10
 local S, P, B, R, ARGS
-local cfg, WK, MINE
+local cfg, MINE
 local transition_from, transition_why
+-- The call's clock (server ms), read at its first use: a recorded outcome that changes
+-- no state and no time window never needs TIME (see clock()).
+local NOW
 
 -- Parsed settings by fingerprint. Under EVAL this is new for every call (the caller
 -- always sends the text); under FCALL it lives as long as the library, so a recorded
@@ -91,9 +96,8 @@ local function parse_settings(text)
     ttl_ms = tonumber(v[14]),
     text = text,
   }
-  -- ':2' is the storage layout (B and R as above): a window stored by an older version
-  -- has another wk, so it is reset rather than misread.
-  c.wk = c.wkind .. ':' .. c.wsize .. ':2'
+  -- How a hash of the layout before 3 named this window (B and R are unchanged).
+  c.legacy_wk = c.wkind .. ':' .. c.wsize .. ':2'
   return c
 end
 
@@ -115,64 +119,112 @@ local function breaker_setup(keys, argv)
   end
   -- The cached table carries the per-call fields too, set afresh on every call.
   c.clock, c.rand, c.channel, c.ev_prefix = argv[1], tonumber(argv[2]), argv[3], argv[4]
-  c.who, c.note = argv[7] or '', argv[8] or ''
-  cfg, WK, MINE = c, c.wk, c.text
+  c.who, c.note, c.refresh = argv[7] or '', argv[8] or '', (argv[9] or '') ~= ''
+  cfg, MINE = c, c.text
   transition_from, transition_why = '', ''
+  NOW = nil
+  return nil
+end
+
+-- The call's time (server ms): TIME once, at the first use, or the test's override.
+-- breaker_flush reads TIME once for many breakers and passes it in (set_clock).
+local function clock()
+  if NOW == nil then NOW = now_ms(cfg.clock) end
+  return NOW
+end
+
+local function set_clock(now)
+  if now ~= nil and cfg.clock == '' then NOW = now end
+end
+
+-- The server time this call read, if it read it (nil if not, or if a test drove it).
+local function server_clock()
+  if cfg.clock == '' then return NOW end
   return nil
 end
 
 local STATES = { closed = 1, open = 1, half_open = 1, forced_open = 1, disabled = 1 }
-local FIELDS = { 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'wsec',
-  'ct', 'cf', 'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np', 'n_trips', 'open_ms' }
+-- The numeric fields of a state hash of the layout before 3 (see legacy_state).
+local LEGACY = { 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'wsec', 'ct', 'cf',
+  'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np', 'n_trips', 'open_ms', 'opened', 'why_at' }
 
 local function is_fail(c) return c == '1' or c == '3' end
 local function is_slow(c) return c == '2' or c == '3' end
 
+-- s.win_new: the window's key (B or R) may be new, so it has no TTL yet.
 local function win_reset(s)
   s.n, s.wf, s.ws, s.h, s.wsec, s.ct, s.cf, s.cs = 0, 0, 0, 0, 0, 0, 0, 0
+  s.win_new = true
   redis.call('DEL', B, R)
+end
+
+local function fresh_state()
+  return { st = 'closed', gen = 0, ['until'] = 0, trips = 0, consec = 0, hs = 0, n = 0, wf = 0,
+    ws = 0, h = 0, wsec = 0, ct = 0, cf = 0, cs = 0, n_ok = 0, n_fail = 0, n_slow = 0, n_ign = 0,
+    n_np = 0, n_trips = 0, open_ms = 0, opened = 0, why_at = 0, wkind = -1, wsize = -1, cfg = '',
+    why = '', why_text = '', why_err = '', why_by = '' }
+end
+
+-- A state hash written by a version before layout 3: its fields as a state table (the
+-- next save replaces the hash with the string), or an error reply.
+local function legacy_state()
+  local v = redis.call('HMGET', S, 'st', 'wk', 'cfg', 'why', 'why_text', 'why_err', 'why_by',
+    unpack(LEGACY))
+  local s = fresh_state()
+  s.st = v[1] or 'closed'
+  if not STATES[s.st] then
+    return redis.error_reply('CORRUPT breaker key ' .. S .. ' has state ' .. tostring(s.st))
+  end
+  for i, f in ipairs(LEGACY) do s[f] = tonumber(v[i + 7]) or 0 end
+  s.cfg, s.why, s.why_text, s.why_err, s.why_by = v[3] or '', v[4] or '', v[5] or '', v[6] or '',
+    v[7] or ''
+  if v[2] == cfg.legacy_wk then s.wkind, s.wsize = cfg.wkind, cfg.wsize end
+  return s
 end
 
 -- Read the state. A script that may make a transition passes publishes=true: whether
 -- it may publish is checked here, before its first write (see lua/lib/publish.lua).
+-- s.exists says whether the key existed; s.other is the settings stored by a process
+-- whose settings differ from ours ('' if none).
 local function load(publishes)
   if publishes then
     local refused = publish_refused(cfg.channel)
     if refused then return refused end
   end
-  local v = redis.call('HMGET', S, 'st', 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf',
-    'ws', 'h', 'wsec', 'ct', 'cf', 'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np',
-    'n_trips', 'open_ms', 'wk', 'cfg')
-  local s = {
-    st = v[1] or 'closed', gen = tonumber(v[2]) or 0, ['until'] = tonumber(v[3]) or 0,
-    trips = tonumber(v[4]) or 0, consec = tonumber(v[5]) or 0, hs = tonumber(v[6]) or 0,
-    n = tonumber(v[7]) or 0, wf = tonumber(v[8]) or 0, ws = tonumber(v[9]) or 0,
-    h = tonumber(v[10]) or 0, wsec = tonumber(v[11]) or 0, ct = tonumber(v[12]) or 0,
-    cf = tonumber(v[13]) or 0, cs = tonumber(v[14]) or 0, n_ok = tonumber(v[15]) or 0,
-    n_fail = tonumber(v[16]) or 0, n_slow = tonumber(v[17]) or 0, n_ign = tonumber(v[18]) or 0,
-    n_np = tonumber(v[19]) or 0, n_trips = tonumber(v[20]) or 0, open_ms = tonumber(v[21]) or 0,
-  }
-  if not STATES[s.st] then
-    return redis.error_reply('CORRUPT breaker key ' .. S .. ' has state ' .. tostring(s.st))
+  local raw = redis.pcall('GET', S)
+  local s
+  if raw == false then
+    s = fresh_state()
+  elseif type(raw) == 'string' then
+    s = decode_state(raw)
+    if not s then
+      return redis.error_reply('CORRUPT breaker key ' .. S .. ' holds ' .. #raw
+        .. ' bytes that are not a breaker state')
+    end
+  elseif string.sub(raw.err, 1, 9) ~= 'WRONGTYPE' then
+    -- e.g. NOPERM (not the key's fault); named, as Redis does not name it in a script
+    return redis.error_reply(raw.err .. " (running 'get' on " .. S .. ')')
+  elseif redis.call('TYPE', S)['ok'] == 'hash' then
+    s = legacy_state()
+    if s.err then return s end
+    s.legacy = true
+  else
+    return redis.error_reply('CORRUPT breaker key ' .. S .. ': WRONGTYPE, not a breaker state')
   end
-  -- What is stored now; a field of a key that does not exist yet counts as changed.
-  s.loaded = { wk = v[22], cfg = v[23] }
-  -- Settings stored by a process whose settings differ from ours ('' if none).
-  s.other = (v[23] and v[23] ~= MINE) and v[23] or ''
-  if v[1] then
-    for _, f in ipairs(FIELDS) do s.loaded[f] = s[f] end
-  end
-  -- A changed window setting (or a fresh key) starts an empty window; a key of the
-  -- layout before ':2' may still carry the whole count-window ring in field 'ring'.
-  if v[22] ~= WK then
+  s.exists = raw ~= false
+  s.other = (s.cfg ~= '' and s.cfg ~= MINE) and s.cfg or ''
+  -- A changed window setting (or a fresh key) starts an empty window.
+  if s.wkind ~= cfg.wkind or s.wsize ~= cfg.wsize then
     win_reset(s)
-    if v[1] then redis.call('HDEL', S, 'ring') end
+    s.wkind, s.wsize = cfg.wkind, cfg.wsize
   end
+  s.win_new = s.win_new or s.n == 0 -- an empty window has no key
   return s
 end
 
 local function tw_clear(s)
   s.n, s.wf, s.ws, s.ct, s.cf, s.cs = 0, 0, 0, 0, 0, 0
+  s.win_new = true
   redis.call('DEL', B)
 end
 
@@ -213,6 +265,7 @@ local function cw_push(s, c, m)
   if m >= N then
     redis.call('SET', R, string.rep(c, N))
     s.h, s.n, s.wf, s.ws = 0, N, f * N, w * N
+    s.win_new = true -- SET dropped the TTL
     return
   end
   -- The slots from h to the end of the ring, then (wrapping) from its start.
@@ -228,8 +281,8 @@ local function cw_push(s, c, m)
 end
 
 -- Count m outcomes `c` in the bucket of the current second (replacing its member).
-local function tw_push(s, c, m, now)
-  tw_advance(s, math.floor(now / 1000))
+local function tw_push(s, c, m)
+  tw_advance(s, math.floor(clock() / 1000))
   s.n, s.ct = s.n + m, s.ct + m
   if is_fail(c) then s.wf, s.cf = s.wf + m, s.cf + m end
   if is_slow(c) then s.ws, s.cs = s.ws + m, s.cs + m end
@@ -262,31 +315,34 @@ local function open_ms(trips)
   return math.floor(d * (1 + cfg.jitter * cfg.rand))
 end
 
-local function remain(s, now)
-  if s.st == 'open' and s['until'] > now then return s['until'] - now end
+-- Time left open (ms); only an open breaker reads the clock.
+local function remain(s)
+  if s.st ~= 'open' then return 0 end
+  local now = clock()
+  if s['until'] > now then return s['until'] - now end
   return 0
 end
 
 -- Record why the breaker is in its state now (see the field legend): the rule, a text
 -- for people, the failure that made it ('' for operators), who and when.
-local function audit(why, text, err, now)
+local function audit(s, why, text, err)
   transition_why = text
-  redis.call('HSET', S, 'why', why, 'why_text', text, 'why_err', err, 'why_by', cfg.who,
-    'why_at', now)
+  s.why, s.why_text, s.why_err, s.why_by, s.why_at = why, text, err, cfg.who, clock()
 end
 
 -- Every transition goes through here: bump the generation, clear what belongs to
 -- the old state, and publish one event (inside this script, so it is atomic with
 -- the change and sent exactly once). `why`/`text` say why (nil: time passing, open
 -- to half-open); `err` is the failure that made it ('' if none).
-local function transition(s, new, now, open_for, why, text, err)
+local function transition(s, new, open_for, why, text, err)
+  local now = clock()
   transition_from = s.st
-  if s.st == 'open' or s.st == 'forced_open' then
-    s.open_ms = s.open_ms + math.max(0, now - (tonumber(redis.call('HGET', S, 'opened')) or now))
+  if (s.st == 'open' or s.st == 'forced_open') and s.opened > 0 then
+    s.open_ms = s.open_ms + math.max(0, now - s.opened)
   end
   if new == 'open' and open_for == nil then s.n_trips = s.n_trips + 1 end
-  if new == 'open' or new == 'forced_open' then redis.call('HSET', S, 'opened', now) end
-  if why then audit(why, text, err or '', now) end
+  if new == 'open' or new == 'forced_open' then s.opened = now end
+  if why then audit(s, why, text, err or '') end
   s.st = new
   s.gen = s.gen + 1
   s.consec, s.hs = 0, 0
@@ -303,52 +359,51 @@ local function transition(s, new, now, open_for, why, text, err)
   if new ~= 'half_open' then win_reset(s) end
   redis.call('DEL', P)
   publish(cfg.channel, cfg.ev_prefix .. mp_str(transition_from) .. mp_str(new)
-    .. mp_uint(s.gen) .. mp_uint(remain(s, now)))
+    .. mp_uint(s.gen) .. mp_uint(remain(s)))
 end
 
 -- Record m outcomes of code c made in the closed state, then trip if a policy says so.
-local function record_closed(s, c, m, now)
+local function record_closed(s, c, m)
   if m <= 0 or s.st ~= 'closed' then return end
   if is_fail(c) then s.consec = s.consec + m else s.consec = 0 end
-  if cfg.wkind == 1 then cw_push(s, c, m) elseif cfg.wkind == 2 then tw_push(s, c, m, now) end
+  if cfg.wkind == 1 then cw_push(s, c, m) elseif cfg.wkind == 2 then tw_push(s, c, m) end
   local why, text = should_trip(s)
-  if why then transition(s, 'open', now, nil, why, text, cfg.note) end
+  if why then transition(s, 'open', nil, why, text, cfg.note) end
 end
 
--- Write back only the fields that changed (most calls change one or two), and refresh
--- the TTLs: of S always, of P, B and R only while they can hold anything.
-local function save(s, now, keep_cfg)
-  local args = {}
-  for _, f in ipairs(FIELDS) do
-    if s[f] ~= s.loaded[f] then
-      args[#args + 1] = f
-      args[#args + 1] = s[f]
-    end
+-- Write the state in one SET, with its TTL when that is due, and the other keys' TTLs
+-- (P while half-open, B or R while the window counts something).
+-- The TTL is set when the caller asks (its process's first call, then at most every
+-- ttl/10), and whenever it must change: a new or migrated key, a transition (an open
+-- period adds its length), any state but closed; otherwise SET keeps it (KEEPTTL).
+-- Setting it costs a script about as much as the rest of a recorded failure's writes,
+-- and an idle state still expires between 0.9 x ttl and ttl after its last call.
+-- keep_cfg: leave the stored settings as they are (a snapshot only reads them);
+-- otherwise the last writer's settings are the stored ones.
+local function save(s, keep_cfg)
+  if not keep_cfg then s.cfg = MINE end
+  local ttl = cfg.ttl_ms + remain(s)
+  local refresh = cfg.refresh or not s.exists or s.legacy or transition_from ~= ''
+    or s.st ~= 'closed'
+  s.blob = encode_state(s)
+  if refresh then
+    redis.call('SET', S, s.blob, 'PX', ttl)
+    if s.st == 'half_open' then redis.call('PEXPIRE', P, ttl) end
+  else
+    redis.call('SET', S, s.blob, 'KEEPTTL')
   end
-  if s.loaded.wk ~= WK then
-    args[#args + 1] = 'wk'
-    args[#args + 1] = WK
+  if s.n > 0 and (refresh or s.win_new) then
+    redis.call('PEXPIRE', cfg.wkind == 1 and R or B, ttl)
   end
-  -- The last writer's settings are the stored ones (a snapshot only reads them).
-  if s.loaded.cfg ~= MINE and not keep_cfg then
-    args[#args + 1] = 'cfg'
-    args[#args + 1] = MINE
-  end
-  if #args > 0 then redis.call('HSET', S, unpack(args)) end
-  local ttl = cfg.ttl_ms + remain(s, now)
-  redis.call('PEXPIRE', S, ttl)
-  if s.st == 'half_open' then redis.call('PEXPIRE', P, ttl) end
-  if s.n > 0 then redis.call('PEXPIRE', cfg.wkind == 1 and R or B, ttl) end
 end
 
 -- The reply every breaker script returns (parsed by redisbreaker/state.py View.parse):
--- {state, gen, wait_ms, consec, calls, failures, slow, half_open_successes, trips,
---  transitioned_from ('' if none), verdict ('' | 'allow' | 'trial' | 'reject'),
---  the stored settings when they differ from the caller's ('' if not),
---  the reason of the transition this script made ('' if none),
---  the fleet totals n_ok, n_fail, n_slow, n_ign, n_np, n_trips, open_ms}
+-- {the state as stored (the string save() wrote), wait_ms, transitioned_from ('' if
+--  none), verdict ('' | 'allow' | 'trial' | 'reject'), the stored settings when they
+--  differ from the caller's ('' if not), the reason of the transition this script made
+--  ('' if none)}. The state travels as the one string it already is: a reply of twenty
+--  numbers cost the script more than its GET.
 local function reply(s, verdict, wait_ms)
-  return { s.st, s.gen, wait_ms, s.consec, s.n, s.wf, s.ws, s.hs, s.trips, transition_from,
-    verdict, s.other, transition_why, s.n_ok, s.n_fail, s.n_slow, s.n_ign, s.n_np, s.n_trips,
-    s.open_ms }
+  return { s.blob or encode_state(s), wait_ms, transition_from, verdict, s.other,
+    transition_why }
 end

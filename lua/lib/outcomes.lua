@@ -38,21 +38,21 @@ end
 
 -- An outcome of an older generation is dropped (its state is gone), but its permit
 -- is still handed back; every outcome counts in the totals.
-local function apply_batch(s, first, now)
+local function apply_batch(s, first)
   for i = first, #ARGS, 4 do
     local gen, code, m, token = tonumber(ARGS[i]), ARGS[i + 1], tonumber(ARGS[i + 2]), ARGS[i + 3]
     if token ~= '' then redis.call('ZREM', P, token) end
     count_totals(s, code, m)
     if gen == s.gen and code ~= 'x' and code ~= 'n' then
       if s.st == 'closed' then
-        record_closed(s, code, m, now)
+        record_closed(s, code, m)
       elseif s.st == 'half_open' and token ~= '' then
         if is_fail(code) then
-          transition(s, 'open', now, nil, 'trial_failed', 'a half-open trial failed', cfg.note)
+          transition(s, 'open', nil, 'trial_failed', 'a half-open trial failed', cfg.note)
         else
           s.hs = s.hs + 1
           if s.hs >= cfg.succ then
-            transition(s, 'closed', now, nil, 'recovered', s.hs .. ' half-open trial(s) succeeded')
+            transition(s, 'closed', nil, 'recovered', s.hs .. ' half-open trial(s) succeeded')
           end
         end
       end
@@ -62,17 +62,18 @@ end
 
 -- What breaker_report does for one breaker (keys S, P, B, R; argv its head and batch):
 -- the breaker reply, or an error reply returned before any write. `now` is the call's
--- TIME when the caller read it already (a clock override still wins).
+-- TIME when the caller read it already (a clock override still wins); otherwise the
+-- clock is read only if the step needs it (a transition, a time window, an open state).
 local function report(keys, argv, now)
   local setup_error = breaker_setup(keys, argv)
   if setup_error then return setup_error end
   local bad = check_batch(OP)
   if bad then return redis.error_reply(bad) end
-  if now == nil or cfg.clock ~= '' then now = now_ms(cfg.clock) end
+  set_clock(now)
   local s = load(true)
   if s.err then return s end
-  if cfg.wkind == 2 then tw_advance(s, math.floor(now / 1000)) end
-  apply_batch(s, OP, now)
-  save(s, now)
-  return reply(s, '', remain(s, now))
+  if cfg.wkind == 2 then tw_advance(s, math.floor(clock() / 1000)) end
+  apply_batch(s, OP)
+  save(s)
+  return reply(s, '', remain(s))
 end

@@ -42,24 +42,26 @@ def fresh() -> dict[str, Any]:
 
 
 def decode(raw: bytes) -> dict[str, Any]:
-    """The fields of a stored state; raises :class:`NotAState` for anything else."""
-    if len(raw) < HEAD.size or raw[0] != LAYOUT or not 1 <= raw[1] <= len(STATES):
+    """The fields of a stored state; raises :class:`NotAState` for anything else. As
+    in the scripts, strings that do not parse are read as empty (the numbers decide)."""
+    if len(raw) < HEAD.size + _LEN.size * len(STRINGS) or raw[0] != LAYOUT or not 1 <= raw[1] <= len(STATES):
         raise NotAState(f"{len(raw)} bytes that are not a breaker state of layout {LAYOUT}")
     head = HEAD.unpack_from(raw)
     state: dict[str, Any] = dict(zip(NUMBERS, head[2:], strict=True))
     state["st"] = STATES[raw[1] - 1]
-    at = HEAD.size
-    for name in STRINGS:
+    at, texts = HEAD.size, []
+    for _ in STRINGS:
         if at + _LEN.size > len(raw):
-            raise NotAState("a breaker state cut short")
+            break
         (length,) = _LEN.unpack_from(raw, at)
         at += _LEN.size
         if at + length > len(raw):
-            raise NotAState("a breaker state cut short")
-        state[name] = raw[at : at + length].decode("utf-8", "replace")
+            break
+        texts.append(raw[at : at + length].decode("utf-8", "replace"))
         at += length
-    if at != len(raw):
-        raise NotAState(f"{len(raw) - at} bytes after a breaker state")
+    if len(texts) != len(STRINGS) or at != len(raw):
+        texts = [""] * len(STRINGS)
+    state.update(zip(STRINGS, texts, strict=True))
     return state
 
 

@@ -98,6 +98,8 @@ local function parse_settings(text)
   }
   -- How a hash of the layout before 3 named this window (B and R are unchanged).
   c.legacy_wk = c.wkind .. ':' .. c.wsize .. ':2'
+  -- How a stored state's tail starts when these are its settings (see load()).
+  c.text_enc = encode_text(text)
   return c
 end
 
@@ -212,7 +214,9 @@ local function load(publishes)
     return redis.error_reply('CORRUPT breaker key ' .. S .. ': WRONGTYPE, not a breaker state')
   end
   s.exists = raw ~= false
-  s.other = (s.cfg ~= '' and s.cfg ~= MINE) and s.cfg or ''
+  -- Stored settings that are ours leave the tail packed (the common case).
+  if s.tail and string.sub(s.tail, 1, #cfg.text_enc) ~= cfg.text_enc then state_strings(s) end
+  s.other = (not s.tail and s.cfg ~= '' and s.cfg ~= MINE) and s.cfg or ''
   -- A changed window setting (or a fresh key) starts an empty window.
   if s.wkind ~= cfg.wkind or s.wsize ~= cfg.wsize then
     win_reset(s)
@@ -326,6 +330,7 @@ end
 -- Record why the breaker is in its state now (see the field legend): the rule, a text
 -- for people, the failure that made it ('' for operators), who and when.
 local function audit(s, why, text, err)
+  state_strings(s)
   transition_why = text
   s.why, s.why_text, s.why_err, s.why_by, s.why_at = why, text, err, cfg.who, clock()
 end
@@ -381,7 +386,7 @@ end
 -- keep_cfg: leave the stored settings as they are (a snapshot only reads them);
 -- otherwise the last writer's settings are the stored ones.
 local function save(s, keep_cfg)
-  if not keep_cfg then s.cfg = MINE end
+  if not keep_cfg and not s.tail then s.cfg = MINE end -- (a packed tail holds ours)
   local ttl = cfg.ttl_ms + remain(s)
   local refresh = cfg.refresh or not s.exists or s.legacy or transition_from ~= ''
     or s.st ~= 'closed'

@@ -11,6 +11,10 @@
 -- listing reads many states in one pipeline; the tests look inside).
 -- Redis has the `struct` library; fakeredis does not, so there the same bytes are
 -- made and read by hand (slower, and only ever used by tests).
+-- With `struct`, the strings are left packed (s.tail) until a step needs them: most
+-- calls only check that the stored settings are theirs (one prefix compare) and write
+-- the tail back as it was. A tail that does not parse is read as empty strings (the
+-- settings and the reason are not state a step decides by; the numbers are checked).
 
 local LAYOUT = 3
 local NUMS = { 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'wsec', 'ct', 'cf',
@@ -22,6 +26,8 @@ local ST_NAME = { 'closed', 'open', 'half_open', 'forced_open', 'disabled' }
 -- Spelled out: a Redis Functions library may call no library function at load time.
 local HEAD = 194 -- 2 + 8 * #NUMS
 local FORMAT = '>BBI8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I4c0I4c0I4c0I4c0I4c0'
+local HEAD_FORMAT = '>BBI8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8I8'
+local TAIL_FORMAT = '>I4c0I4c0I4c0I4c0I4c0'
 
 local function be_bytes(n, width)
   local b = {}
@@ -38,8 +44,18 @@ local function be_number(raw, at, width)
   return n
 end
 
+-- A string as the tail stores it: its 32-bit length, then its bytes.
+local function encode_text(text)
+  return be_bytes(#text, 4) .. text
+end
+
 -- The fields of `s` as the stored string (numbers are whole and >= 0 by construction).
 local function encode_state(s)
+  if s.tail then
+    return struct.pack(HEAD_FORMAT, LAYOUT, ST_CODE[s.st], s.gen, s['until'], s.trips, s.consec,
+      s.hs, s.n, s.wf, s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_ok, s.n_fail, s.n_slow, s.n_ign,
+      s.n_np, s.n_trips, s.open_ms, s.opened, s.why_at, s.wkind, s.wsize) .. s.tail
+  end
   if struct then
     return struct.pack(FORMAT, LAYOUT, ST_CODE[s.st], s.gen, s['until'], s.trips, s.consec,
       s.hs, s.n, s.wf, s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_ok, s.n_fail, s.n_slow, s.n_ign,
@@ -58,15 +74,14 @@ local function decode_state(raw)
   local st = ST_NAME[string.byte(raw, 2)]
   if not st then return nil end
   if struct then
-    local ok, _, _, gen, til, trips, consec, hs, n, wf, ws, h, wsec, ct, cf, cs, n_ok, n_fail,
-      n_slow, n_ign, n_np, n_trips, open_ms, opened, why_at, wkind, wsize, c, why, why_text,
-      why_err, why_by, stop = pcall(struct.unpack, FORMAT, raw)
-    if not ok or stop ~= #raw + 1 then return nil end
+    local _, _, gen, til, trips, consec, hs, n, wf, ws, h, wsec, ct, cf, cs, n_ok, n_fail,
+      n_slow, n_ign, n_np, n_trips, open_ms, opened, why_at, wkind, wsize, stop =
+      struct.unpack(HEAD_FORMAT, raw)
     return { st = st, gen = gen, ['until'] = til, trips = trips, consec = consec, hs = hs, n = n,
       wf = wf, ws = ws, h = h, wsec = wsec, ct = ct, cf = cf, cs = cs, n_ok = n_ok,
       n_fail = n_fail, n_slow = n_slow, n_ign = n_ign, n_np = n_np, n_trips = n_trips,
       open_ms = open_ms, opened = opened, why_at = why_at, wkind = wkind, wsize = wsize,
-      cfg = c, why = why, why_text = why_text, why_err = why_err, why_by = why_by }
+      tail = string.sub(raw, stop) }
   end
   local s, at = { st = st }, 3
   for _, f in ipairs(NUMS) do
@@ -80,4 +95,17 @@ local function decode_state(raw)
   end
   if at ~= #raw + 1 then return nil end
   return s
+end
+
+-- Unpack the strings s.tail holds into their fields (a no-op once done).
+local function state_strings(s)
+  local tail = s.tail
+  if tail == nil then return end
+  s.tail = nil
+  local ok, c, why, why_text, why_err, why_by, stop = pcall(struct.unpack, TAIL_FORMAT, tail)
+  if ok and stop == #tail + 1 then
+    s.cfg, s.why, s.why_text, s.why_err, s.why_by = c, why, why_text, why_err, why_by
+  else
+    s.cfg, s.why, s.why_text, s.why_err, s.why_by = '', '', '', '', ''
+  end
 end

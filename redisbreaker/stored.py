@@ -44,7 +44,8 @@ def fresh() -> dict[str, Any]:
 def decode(raw: bytes) -> dict[str, Any]:
     """The fields of a stored state; raises :class:`NotAState` for anything else. As
     in the scripts, strings that do not parse are read as empty (the numbers decide)."""
-    if len(raw) < HEAD.size + _LEN.size * len(STRINGS) or raw[0] != LAYOUT or not 1 <= raw[1] <= len(STATES):
+    short = len(raw) < HEAD.size + _LEN.size * len(STRINGS)
+    if short or raw[0] != LAYOUT or not 1 <= raw[1] <= len(STATES):
         raise NotAState(f"{len(raw)} bytes that are not a breaker state of layout {LAYOUT}")
     head = HEAD.unpack_from(raw)
     state: dict[str, Any] = dict(zip(NUMBERS, head[2:], strict=True))

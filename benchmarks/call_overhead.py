@@ -120,7 +120,7 @@ def run(cfg: Config) -> SuiteResult:
     # whichever case is being counted: count it first, then stop it.
     ordered = sorted(cases, key=lambda c: not c.name.startswith("interlock"))
     for case in ordered:
-        count_round_trips(case, stats[case.name], case.calls or calls, info)
+        count_round_trips(case, stats[case.name], case.calls or calls, info, rounds)
         if case is il_cases[-1]:
             for cb in il_breakers:
                 cb.close()
@@ -168,7 +168,8 @@ def run(cfg: Config) -> SuiteResult:
         "µs: median over interleaved rounds; p99 over calls timed one by one.",
         "rt: requests sent by the library's own client (a pipeline counts once); "
         "cmds: INFO commandstats delta, including commands run inside Lua scripts; "
-        "Redis µs: the server's own time per call (a script's, commands inside included).",
+        "Redis µs: the server's own time per call (a script's, commands inside included; "
+        "the median of the counting rounds).",
         "interlock-cb coordinates only transitions through Redis; closed-state outcomes "
         "stay in its process (0 round trips), so its fleet-wide counts are not shared.",
         f"interlock-cb pinned at {INTERLOCK_VERSION}.",

@@ -272,17 +272,28 @@ def measure(
     return stats
 
 
-def count_round_trips(case: Case, stats: Stats, calls: int, info: redis.Redis) -> None:
-    """Run ``case`` ``calls`` times alone; store commands and round trips per call."""
+def count_round_trips(
+    case: Case, stats: Stats, calls: int, info: redis.Redis, rounds: int = 1
+) -> None:
+    """Run ``case`` ``calls`` times alone, ``rounds`` times; store commands and round
+    trips per call, and Redis's time per call (the median round's: a server sharing
+    the machine's CPUs gets preempted in some rounds)."""
     if not case.available or case.client is None:
         return
-    before, usec_before = commandstats(info), commandstats(info, "usec")
     sent = case.counter.sends if case.counter else 0
-    for _ in range(calls):
-        case.op()
-    after, usec_after = commandstats(info), commandstats(info, "usec")
-    delta = commands_between(before, after)
-    stats.server_us_per_call = server_usec(delta, commands_between(usec_before, usec_after)) / calls
+    delta: dict[str, int] = {}
+    server = []
+    for _ in range(rounds):
+        before, usec_before = commandstats(info), commandstats(info, "usec")
+        for _ in range(calls):
+            case.op()
+        after, usec_after = commandstats(info), commandstats(info, "usec")
+        step = commands_between(before, after)
+        server.append(server_usec(step, commands_between(usec_before, usec_after)) / calls)
+        for k, v in step.items():
+            delta[k] = delta.get(k, 0) + v
+    calls *= rounds
+    stats.server_us_per_call = statistics.median(server)
     stats.commands = delta
     stats.commands_per_call = sum(delta.values()) / calls
     stats.scripts_per_call = sum(delta.get(k, 0) for k in SCRIPT_COMMANDS) / calls

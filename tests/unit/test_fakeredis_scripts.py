@@ -5,7 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from redisbreaker import CircuitOpenError, SharedBreaker, State
+from redisbreaker import CircuitOpenError, SharedBreaker, State, stored
 from tests.helpers import fail_n, ok
 
 
@@ -22,3 +22,18 @@ def test_trip_and_refuse_on_fakeredis(fake: fakeredis.FakeRedis) -> None:
     with pytest.raises(CircuitOpenError):
         b.call(ok)
     assert b.snapshot().state is State.OPEN
+
+
+def test_the_state_written_without_struct_is_the_same_layout(fake: fakeredis.FakeRedis) -> None:
+    """fakeredis has no Lua `struct`: lua/lib/codec.lua packs the state by hand there,
+    into the bytes redisbreaker.stored (and real Redis's `struct`) read and write."""
+    b = SharedBreaker("fake-layout", client=fake, fail_max=2, reset_timeout=30)
+    fail_n(b.call, 2)
+    raw = fake.get(b.keys[0])
+    assert isinstance(raw, bytes)
+    s = stored.decode(raw)
+    assert (s["st"], s["n_fail"], s["why"]) == ("open", 2, "consecutive")
+    assert s["why_err"].startswith("Boom") and s["cfg"] == b.core.options.settings_text
+    assert stored.encode(s) == raw
+    snap = b.snapshot()  # read back by the hand-made decoder
+    assert snap.reason is not None and snap.reason.rule == "consecutive"

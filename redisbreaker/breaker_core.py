@@ -407,10 +407,11 @@ class BreakerCore:
         )  # fmt: skip
 
     def _ttl_due(self) -> bool:
-        """Whether this call refreshes the state's TTL: this process's first, then one
-        at most every ttl/10 (by the local monotonic clock; a race sends two, which is
-        harmless). Between them a script keeps the TTL, which saves it a write; so an
-        idle breaker's state expires 0.9 x ttl to ttl after the fleet's last call."""
+        """Whether this call refreshes the state's TTL: this process's first, the first
+        after a failed call, then one at most every ttl/10 (by the local monotonic
+        clock; a race sends two, which is harmless). Between them a script keeps the
+        TTL, which saves it a write; so an idle breaker's state expires 0.9 x ttl to
+        ttl after the fleet's last call."""
         now = time.monotonic()
         if now < self._ttl_refresh_at:
             return False
@@ -645,6 +646,7 @@ class BreakerCore:
         probe waits ``OUTAGE_RETRY`` from when the failure was known, not from before
         a socket timeout."""
         self.view_expires = 0.0
+        self._ttl_refresh_at = 0.0  # the failed call may have been the one to refresh it
         with self._lock:
             self._probing = False
         trouble = classify(exc)

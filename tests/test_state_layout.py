@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from redisbreaker import ConfigurationError, CorruptStateError, SharedBreaker, State, stored
+from redisbreaker.breaker_core import BreakerCore
 from redisbreaker.fleet import Fleet
 from redisbreaker.keys import KeySpace
 from redisbreaker.options import BreakerOptions, CountWindow
@@ -105,3 +106,11 @@ def test_a_client_that_decodes_responses_is_refused(redis_server: RedisServer) -
     with pytest.raises(ConfigurationError, match="decode_responses=True"):
         b.call(ok)
     client.close()
+
+
+def test_a_failed_call_makes_the_next_one_refresh_the_ttl() -> None:
+    """The call that failed may have been the one to refresh the TTL (pure core)."""
+    core = BreakerCore("ttl-core", BreakerOptions(ttl=1000), KeySpace.of("rb:", "cb", "ttl-core"))
+    assert core._ttl_due() and not core._ttl_due()
+    core.storage_failed(redis.ConnectionError("refused"), 0.0)
+    assert core._ttl_due() and not core._ttl_due()

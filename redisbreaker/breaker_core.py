@@ -178,7 +178,7 @@ class BreakerCore:
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._prefix_cache: tuple[str, bytes] | None = None
-        self._ttl_refresh_at = 0.0  # monotonic: when a call next refreshes the TTL
+        self.ttl_refresh_at = 0.0  # monotonic: when a call next refreshes the TTL
         # The cached view.
         self.view: View | None = None
         self.generation = -1
@@ -403,19 +403,19 @@ class BreakerCore:
             clock=clock, rand=_rng.random(), channel=self.channel,
             event_prefix=self._event_prefix(), who=origin() if who is None else who,
             note=self.last_failure if note is None else note,
-            refresh_ttl=self._ttl_due(),
+            refresh_ttl=self.ttl_due(),
         )  # fmt: skip
 
-    def _ttl_due(self) -> bool:
+    def ttl_due(self) -> bool:
         """Whether this call refreshes the state's TTL: this process's first, the first
         after a failed call, then one at most every ttl/10 (by the local monotonic
         clock; a race sends two, which is harmless). Between them a script keeps the
         TTL, which saves it a write; so an idle breaker's state expires 0.9 x ttl to
         ttl after the fleet's last call."""
         now = time.monotonic()
-        if now < self._ttl_refresh_at:
+        if now < self.ttl_refresh_at:
             return False
-        self._ttl_refresh_at = now + self.options.ttl / 10
+        self.ttl_refresh_at = now + self.options.ttl / 10
         return True
 
     def _new_token(self) -> str:
@@ -646,7 +646,7 @@ class BreakerCore:
         probe waits ``OUTAGE_RETRY`` from when the failure was known, not from before
         a socket timeout."""
         self.view_expires = 0.0
-        self._ttl_refresh_at = 0.0  # the failed call may have been the one to refresh it
+        self.ttl_refresh_at = 0.0  # the failed call may have been the one to refresh it
         with self._lock:
             self._probing = False
         trouble = classify(exc)

@@ -81,7 +81,7 @@ def test_the_ttl_is_refreshed_on_the_first_call_then_every_tenth_of_it(r: redis.
     r.pexpire(b.keys[3], 500_000)
     fail_n(b.call, 1)  # within ttl/10 of the last refresh: the TTLs are kept
     assert r.pttl(b.keys[0]) <= 500_000 and r.pttl(b.keys[3]) <= 500_000
-    b.core._ttl_refresh_at = 0.0  # as if ttl/10 had passed
+    b.core.ttl_refresh_at = 0.0  # as if ttl/10 had passed
     fail_n(b.call, 1)
     for key in (b.keys[0], b.keys[3]):
         assert 990_000 < r.pttl(key) <= 1_000_000
@@ -111,6 +111,6 @@ def test_a_client_that_decodes_responses_is_refused(redis_server: RedisServer) -
 def test_a_failed_call_makes_the_next_one_refresh_the_ttl() -> None:
     """The call that failed may have been the one to refresh the TTL (pure core)."""
     core = BreakerCore("ttl-core", BreakerOptions(ttl=1000), KeySpace.of("rb:", "cb", "ttl-core"))
-    assert core._ttl_due() and not core._ttl_due()
+    assert core.ttl_due() and not core.ttl_due()
     core.storage_failed(redis.ConnectionError("refused"), 0.0)
-    assert core._ttl_due() and not core._ttl_due()
+    assert core.ttl_due() and not core.ttl_due()

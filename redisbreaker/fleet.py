@@ -221,13 +221,14 @@ class Fleet:
             pipe = self.client.pipeline(transaction=False)
             for key in legacy:
                 pipe.hmget(key, *stored.LEGACY_FIELDS)
-            rows = iter(pipe.execute() if legacy else [])
+            rows = iter(pipe.execute(raise_on_error=False) if legacy else [])
         except STORAGE_ERRORS as exc:
             raise StorageError(f"reading {self.prefix!r}: {diagnose(exc)}") from exc
         out: list[dict[str, Any] | None] = []
         for raw in raws:
-            if _wrong_type(raw):
-                out.append(stored.from_legacy(next(rows)))
+            if _wrong_type(raw):  # a hash of the old layout, or a key of another type
+                row = next(rows)
+                out.append(None if isinstance(row, Exception) else stored.from_legacy(row))
             elif isinstance(raw, bytes):
                 try:
                     out.append(stored.decode(raw))

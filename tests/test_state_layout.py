@@ -114,3 +114,11 @@ def test_a_failed_call_makes_the_next_one_refresh_the_ttl() -> None:
     assert core.ttl_due() and not core.ttl_due()
     core.storage_failed(redis.ConnectionError("refused"), 0.0)
     assert core.ttl_due() and not core.ttl_due()
+
+
+def test_the_listing_skips_a_state_key_it_cannot_read(r: redis.Redis) -> None:
+    SharedBreaker("listed", client=r, fail_max=2).snapshot()
+    fail_n(SharedBreaker("listed", client=r, fail_max=2).call, 1)
+    r.rpush(KeySpace.of("rb:", "cb", "a-list").key("s"), "x")
+    r.set(KeySpace.of("rb:", "cb", "garbage").key("s"), "x")
+    assert [b.name for b in Fleet(r).breakers()] == ["listed"]

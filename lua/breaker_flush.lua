@@ -9,7 +9,7 @@
 -- KEYS: S, P, B, R of each breaker in turn (4 per breaker)
 -- ARGV: [1] how many breakers, n; then per breaker: its argument count k, then those
 --   k arguments: breaker_report's ARGV (the head and the batch)
--- Reply: n entries in order, each the breaker reply or that breaker's error reply.
+-- Reply: n entries in order, each breaker_report's reply or that breaker's error reply.
 -- Atomic because: each breaker's step is breaker_report's, which must be one step.
 local n = tonumber(ARGV[1])
 if not n or #KEYS ~= 4 * n then

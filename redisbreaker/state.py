@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -94,13 +93,19 @@ class View:
     reason: Reason | None = None  # only in a snapshot's reply
 
     @classmethod
-    def parse(cls, reply: Sequence[Any]) -> View:
+    def parse(cls, reply: Any) -> View:
         """Parse the reply array built by ``reply()`` in ``lua/lib/breaker.lua``: the
         stored state (``lua/lib/codec.lua``), wait_ms, the state it left, the verdict,
         other settings, why; a snapshot's reply adds the time open so far, and its reason
-        is read from the state."""
+        is read from the state. A recorded outcome with nothing else to say replies with
+        the stored state alone."""
         # (On every recorded failure: written for speed.)
-        blob, wait_ms, old, verdict, other, why = reply[:6]
+        snapshot, blob = False, reply
+        if isinstance(blob, bytes | str):  # the state alone: nothing else to say
+            wait_ms, old, verdict, other, why = 0, b"", b"", b"", b""
+        else:
+            blob, wait_ms, old, verdict, other, why = reply[:6]
+            snapshot = len(reply) > 6
         try:
             h = stored.HEAD.unpack_from(blob)
             state = _STATE_CODES[h[1]]
@@ -111,20 +116,21 @@ class View:
                     "needs a client that returns bytes"
                 ) from None
             raise ValueError(f"not a breaker state: {blob!r:.80}") from None
-        # h: layout, st, gen, until, trips, consec, hs, n, wf, ws, h, wsec, ct, cf, cs,
-        #    n_ok, n_fail, n_slow, n_ign, n_np, n_trips, open_ms, ...
-        reason, open_ms = None, h[21]
-        if len(reply) > 6:  # a snapshot
+        # stored.NUMBERS, in order (tests/unit/test_stored.py checks the names)
+        (_, _, gen, consec, n_ok, n_fail, n_slow, n_ign, n_np, _, _,
+         _, trips, hs, n, wf, ws, _, _, _, _, _, n_trips, open_ms, _, _) = h  # fmt: skip
+        reason = None
+        if snapshot:
             s = stored.decode(blob)
             reason = Reason(s["why"], s["why_text"], s["why_err"], s["why_by"], s["why_at"])
             open_ms = int(reply[6])
         return cls(
-            state, h[2], int(wait_ms), h[5], h[7], h[8], h[9], h[6], h[4],
+            state, gen, int(wait_ms), consec, n, wf, ws, hs, trips,
             _STATES[old] if old else None,
             _VERDICTS[verdict],
             text_of(other) if other else "",
             text_of(why) if why else "",
-            Totals(h[15], h[16], h[17], h[18], h[19], h[20], open_ms),
+            Totals(n_ok, n_fail, n_slow, n_ign, n_np, n_trips, open_ms),
             reason,
         )  # fmt: skip
 

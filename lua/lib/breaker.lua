@@ -119,29 +119,36 @@ local function breaker_setup(keys, argv)
     if SETTINGS_N >= SETTINGS_MAX then SETTINGS, SETTINGS_N = {}, 0 end
     SETTINGS[fp], SETTINGS_N = c, SETTINGS_N + 1
   end
-  -- The cached table carries the per-call fields too, set afresh on every call.
-  c.clock, c.rand, c.channel, c.ev_prefix = argv[1], tonumber(argv[2]), argv[3], argv[4]
-  c.who, c.note, c.refresh = argv[7] or '', argv[8] or '', (argv[9] or '') ~= ''
   cfg, MINE = c, c.text
   transition_from, transition_why = '', ''
   NOW = nil
   return nil
 end
 
+-- The rest of the call's head, read where a step needs it (most calls need little of
+-- it, and copying it all costs a recorded outcome more than its own arithmetic).
+local function head_clock() return ARGS[1] end
+local function head_rand() return tonumber(ARGS[2]) end
+local function head_channel() return ARGS[3] end
+local function head_event_prefix() return ARGS[4] end
+local function head_who() return ARGS[7] or '' end
+local function head_note() return ARGS[8] or '' end
+local function head_refresh() return (ARGS[9] or '') ~= '' end
+
 -- The call's time (server ms): TIME once, at the first use, or the test's override.
 -- breaker_flush reads TIME once for many breakers and passes it in (set_clock).
 local function clock()
-  if NOW == nil then NOW = now_ms(cfg.clock) end
+  if NOW == nil then NOW = now_ms(head_clock()) end
   return NOW
 end
 
 local function set_clock(now)
-  if now ~= nil and cfg.clock == '' then NOW = now end
+  if now ~= nil and head_clock() == '' then NOW = now end
 end
 
 -- The server time this call read, if it read it (nil if not, or if a test drove it).
 local function server_clock()
-  if cfg.clock == '' then return NOW end
+  if head_clock() == '' then return NOW end
   return nil
 end
 
@@ -187,13 +194,14 @@ end
 -- Read the state. A script that may make a transition passes publishes=true: whether
 -- it may publish is checked here, before its first write (see lua/lib/publish.lua).
 -- s.exists says whether the key existed; s.other is the settings stored by a process
--- whose settings differ from ours ('' if none).
-local function load(publishes)
+-- whose settings differ from ours ('' if none). `raw` is the key's GET reply when the
+-- caller read it already (see read_state).
+local function load(publishes, raw)
   if publishes then
-    local refused = publish_refused(cfg.channel)
+    local refused = publish_refused(head_channel())
     if refused then return refused end
   end
-  local raw = redis.pcall('GET', S)
+  if raw == nil then raw = redis.pcall('GET', S) end
   local s
   if raw == false then
     s = fresh_state()
@@ -316,7 +324,7 @@ end
 local function open_ms(trips)
   local d = cfg.reset_ms * (cfg.mult ^ (trips - 1))
   if d > cfg.max_ms then d = cfg.max_ms end
-  return math.floor(d * (1 + cfg.jitter * cfg.rand))
+  return math.floor(d * (1 + cfg.jitter * head_rand()))
 end
 
 -- Time left open (ms); only an open breaker reads the clock.
@@ -332,7 +340,7 @@ end
 local function audit(s, why, text, err)
   state_strings(s)
   transition_why = text
-  s.why, s.why_text, s.why_err, s.why_by, s.why_at = why, text, err, cfg.who, clock()
+  s.why, s.why_text, s.why_err, s.why_by, s.why_at = why, text, err, head_who(), clock()
 end
 
 -- Every transition goes through here: bump the generation, clear what belongs to
@@ -363,7 +371,7 @@ local function transition(s, new, open_for, why, text, err)
   end
   if new ~= 'half_open' then win_reset(s) end
   redis.call('DEL', P)
-  publish(cfg.channel, cfg.ev_prefix .. mp_str(transition_from) .. mp_str(new)
+  publish(head_channel(), head_event_prefix() .. mp_str(transition_from) .. mp_str(new)
     .. mp_uint(s.gen) .. mp_uint(remain(s)))
 end
 
@@ -373,7 +381,7 @@ local function record_closed(s, c, m)
   if is_fail(c) then s.consec = s.consec + m else s.consec = 0 end
   if cfg.wkind == 1 then cw_push(s, c, m) elseif cfg.wkind == 2 then tw_push(s, c, m) end
   local why, text = should_trip(s)
-  if why then transition(s, 'open', nil, why, text, cfg.note) end
+  if why then transition(s, 'open', nil, why, text, head_note()) end
 end
 
 -- Write the state in one SET, with its TTL when that is due, and the other keys' TTLs
@@ -388,7 +396,7 @@ end
 local function save(s, keep_cfg)
   if not keep_cfg and not s.tail then s.cfg = MINE end -- (a packed tail holds ours)
   local ttl = cfg.ttl_ms + remain(s)
-  local refresh = cfg.refresh or not s.exists or s.legacy or transition_from ~= ''
+  local refresh = head_refresh() or not s.exists or s.legacy or transition_from ~= ''
     or s.st ~= 'closed'
   s.blob = encode_state(s)
   if refresh then

@@ -17,9 +17,11 @@
 -- settings and the reason are not state a step decides by; the numbers are checked).
 
 local LAYOUT = 3
-local NUMS = { 'gen', 'until', 'trips', 'consec', 'hs', 'n', 'wf', 'ws', 'h', 'wsec', 'ct', 'cf',
-  'cs', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np', 'n_trips', 'open_ms', 'opened', 'why_at',
-  'wkind', 'wsize' }
+-- The numbers a recorded outcome of a closed breaker changes come first, with what the
+-- fast path checks (HOT: see peek_hot), so it reads and rewrites one run of bytes.
+local NUMS = { 'gen', 'consec', 'n_ok', 'n_fail', 'n_slow', 'n_ign', 'n_np', 'wkind', 'wsize',
+  'until', 'trips', 'hs', 'n', 'wf', 'ws', 'h', 'wsec', 'ct', 'cf', 'cs', 'n_trips', 'open_ms',
+  'opened', 'why_at' }
 local STRS = { 'cfg', 'why', 'why_text', 'why_err', 'why_by' }
 local ST_CODE = { closed = 1, open = 2, half_open = 3, forced_open = 4, disabled = 5 }
 local ST_NAME = { 'closed', 'open', 'half_open', 'forced_open', 'disabled' }
@@ -52,14 +54,14 @@ end
 -- The fields of `s` as the stored string (numbers are whole and >= 0 by construction).
 local function encode_state(s)
   if s.tail then
-    return struct.pack(HEAD_FORMAT, LAYOUT, ST_CODE[s.st], s.gen, s['until'], s.trips, s.consec,
-      s.hs, s.n, s.wf, s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_ok, s.n_fail, s.n_slow, s.n_ign,
-      s.n_np, s.n_trips, s.open_ms, s.opened, s.why_at, s.wkind, s.wsize) .. s.tail
+    return struct.pack(HEAD_FORMAT, LAYOUT, ST_CODE[s.st], s.gen, s.consec, s.n_ok,
+      s.n_fail, s.n_slow, s.n_ign, s.n_np, s.wkind, s.wsize, s['until'], s.trips, s.hs, s.n, s.wf,
+      s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_trips, s.open_ms, s.opened, s.why_at) .. s.tail
   end
   if struct then
-    return struct.pack(FORMAT, LAYOUT, ST_CODE[s.st], s.gen, s['until'], s.trips, s.consec,
-      s.hs, s.n, s.wf, s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_ok, s.n_fail, s.n_slow, s.n_ign,
-      s.n_np, s.n_trips, s.open_ms, s.opened, s.why_at, s.wkind, s.wsize, #s.cfg, s.cfg, #s.why,
+    return struct.pack(FORMAT, LAYOUT, ST_CODE[s.st], s.gen, s.consec, s.n_ok,
+      s.n_fail, s.n_slow, s.n_ign, s.n_np, s.wkind, s.wsize, s['until'], s.trips, s.hs, s.n, s.wf,
+      s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_trips, s.open_ms, s.opened, s.why_at, #s.cfg, s.cfg, #s.why,
       s.why, #s.why_text, s.why_text, #s.why_err, s.why_err, #s.why_by, s.why_by)
   end
   local out = { string.char(LAYOUT, ST_CODE[s.st]) }
@@ -74,8 +76,8 @@ local function decode_state(raw)
   local st = ST_NAME[string.byte(raw, 2)]
   if not st then return nil end
   if struct then
-    local _, _, gen, til, trips, consec, hs, n, wf, ws, h, wsec, ct, cf, cs, n_ok, n_fail,
-      n_slow, n_ign, n_np, n_trips, open_ms, opened, why_at, wkind, wsize, stop =
+    local _, _, gen, consec, n_ok, n_fail, n_slow, n_ign, n_np, wkind, wsize, til, trips, hs, n,
+      wf, ws, h, wsec, ct, cf, cs, n_trips, open_ms, opened, why_at, stop =
       struct.unpack(HEAD_FORMAT, raw)
     return { st = st, gen = gen, ['until'] = til, trips = trips, consec = consec, hs = hs, n = n,
       wf = wf, ws = ws, h = h, wsec = wsec, ct = ct, cf = cf, cs = cs, n_ok = n_ok,
@@ -95,6 +97,24 @@ local function decode_state(raw)
   end
   if at ~= #raw + 1 then return nil end
   return s
+end
+
+-- The first HOT numbers of NUMS, read and written in place by the fast path of a
+-- recorded outcome (lua/lib/outcomes.lua closed_tally): gen, consec, n_ok, n_fail,
+-- n_slow, n_ign, n_np, wkind, wsize. Only with `struct`, and only for a string whose
+-- first two bytes are the layout's and whose length decode_state() accepts.
+local HOT = 9
+local HOT_FORMAT = '>I8I8I8I8I8I8I8I8I8'
+local HOT_HEAD = '>BBI8I8I8I8I8I8I8I8I8'
+
+local function peek_hot(raw)
+  return struct.unpack(HOT_FORMAT, raw, 3)
+end
+
+-- `raw` (a closed state) with its HOT numbers replaced, every other byte as it was.
+local function with_hot(raw, gen, consec, ok, fail, slow, ign, np, wkind, wsize)
+  return struct.pack(HOT_HEAD, LAYOUT, ST_CODE.closed, gen, consec, ok, fail, slow, ign, np,
+    wkind, wsize) .. string.sub(raw, 3 + 8 * HOT)
 end
 
 -- Unpack the strings s.tail holds into their fields (a no-op once done).

@@ -48,7 +48,7 @@ local function apply_batch(s, first)
         record_closed(s, code, m)
       elseif s.st == 'half_open' and token ~= '' then
         if is_fail(code) then
-          transition(s, 'open', nil, 'trial_failed', 'a half-open trial failed', cfg.note)
+          transition(s, 'open', nil, 'trial_failed', 'a half-open trial failed', head_note())
         else
           s.hs = s.hs + 1
           if s.hs >= cfg.succ then
@@ -60,20 +60,79 @@ local function apply_batch(s, first)
   end
 end
 
+-- The fast path of report(). In the closed state of a breaker with no window, outcomes
+-- that trip nothing (every success and failure of a healthy fleet) change only the
+-- consecutive count and the totals: those are read and written in place in the stored
+-- string (lua/lib/codec.lua), with no table and no ACL question, as nothing is
+-- published. It is apply_batch and save for that case and no other: the reply, or nil
+-- when the step needs the whole machine (a transition, a window, a permit, settings not
+-- ours, another layout, no `struct`), and then nothing has been written.
+-- A call that refreshes the TTL (a process's first, then one every ttl/10: see save())
+-- takes the whole machine too, so it also asks the ACL whether this user may publish:
+-- a user who may not is told at its first call, not at its breaker's first trip.
+local function closed_tally(raw)
+  if not struct or head_refresh() or cfg.wkind ~= 0 or type(raw) ~= 'string'
+    or #raw < HEAD + 4 * #STRS
+    or string.byte(raw, 1) ~= LAYOUT or string.byte(raw, 2) ~= ST_CODE.closed
+    or string.find(raw, cfg.text_enc, HEAD + 1, true) ~= HEAD + 1 then
+    return nil
+  end
+  local gen, consec, ok, fail, slow, ign, np, wkind, wsize = peek_hot(raw)
+  if wkind ~= cfg.wkind or wsize ~= cfg.wsize then return nil end
+  -- Anything odd in the batch (check_batch's errors included) is left to the machine.
+  local fail_max = cfg.fail_max
+  for i = OP, #ARGS, 4 do
+    local run_gen, code, m = tonumber(ARGS[i]), ARGS[i + 1], tonumber(ARGS[i + 2])
+    if ARGS[i + 3] ~= '' or not run_gen or not m or m < 1 or m ~= math.floor(m) then
+      return nil
+    end
+    local mine = run_gen == gen
+    if code == '0' or code == '2' then
+      ok = ok + m
+      if code == '2' then slow = slow + m end
+      if mine then consec = 0 end
+    elseif code == '1' or code == '3' then
+      fail = fail + m
+      if code == '3' then slow = slow + m end
+      if mine then
+        consec = consec + m
+        if fail_max > 0 and consec >= fail_max then return nil end
+      end
+    elseif code == 'x' then ign = ign + m
+    elseif code == 'n' then np = np + m
+    else return nil end
+  end
+  local blob = raw
+  if #ARGS >= OP then
+    blob = with_hot(raw, gen, consec, ok, fail, slow, ign, np, wkind, wsize)
+    redis.call('SET', S, blob, 'KEEPTTL')
+  end
+  return blob
+end
+
 -- What breaker_report does for one breaker (keys S, P, B, R; argv its head and batch):
--- the breaker reply, or an error reply returned before any write. `now` is the call's
+-- the breaker reply, or the stored state alone when the reply would say nothing more
+-- (no wait, no transition, no other settings: redisbreaker/state.py reads either), or
+-- an error reply returned before any write. `now` is the call's
 -- TIME when the caller read it already (a clock override still wins); otherwise the
 -- clock is read only if the step needs it (a transition, a time window, an open state).
 local function report(keys, argv, now)
   local setup_error = breaker_setup(keys, argv)
   if setup_error then return setup_error end
+  local raw = redis.pcall('GET', S)
+  local fast = closed_tally(raw)
+  if fast then return fast end
   local bad = check_batch(OP)
   if bad then return redis.error_reply(bad) end
   set_clock(now)
-  local s = load(true)
+  local s = load(true, raw)
   if s.err then return s end
   if cfg.wkind == 2 then tw_advance(s, math.floor(clock() / 1000)) end
   apply_batch(s, OP)
   save(s)
-  return reply(s, '', remain(s))
+  local wait_ms = remain(s)
+  -- Nothing to say but the state: the state alone (Redis converts an array's elements
+  -- one by one; for a recorded outcome that costs more than reading the state).
+  if wait_ms == 0 and transition_from == '' and s.other == '' then return s.blob end
+  return reply(s, '', wait_ms)
 end

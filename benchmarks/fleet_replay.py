@@ -3,8 +3,9 @@
 A real script call costs a Python process ~80 µs of its own CPU, so the library-driven
 fleets (``benchmarks/fleet_sim.py``) cannot load Redis to half a core on a small
 machine. Here :func:`capture` records the exact bytes the library sends for a lazy
-sync and for a recorded failure of each breaker (whatever the command: EVALSHA or
-FCALL), and for its background syncer's ``breaker_flush`` of 1 to B breakers; and
+sync, for a recorded failure and for a batched flush of each breaker (whatever the
+command: EVALSHA or FCALL), and for its background syncer's ``breaker_flush`` of 1 to
+B breakers; and
 :func:`run_replay` sends them on P raw connections, one request (or one pipeline) in
 flight per connection as a single-threaded process has, at the rates
 :mod:`benchmarks.fleet_model` names; each replayed process also holds a subscriber
@@ -42,7 +43,7 @@ from benchmarks.fleet_model import (
     sync_rate,
     synced,
 )
-from benchmarks.fleet_sim import NEVER, Run, boom, drive, ok, split, wait_start
+from benchmarks.fleet_sim import NEVER, Flusher, Run, boom, drive, ok, split, wait_start
 from redisbreaker.bench import SCRIPT_COMMANDS, Boom
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.config import client_from_url
@@ -51,11 +52,14 @@ from redisbreaker.syncer import CHUNK, Syncer
 
 @dataclass(frozen=True)
 class Captured:
-    """The exact bytes the library sent for one breaker's lazy sync and for one of its
-    recorded failures (whatever the command: EVALSHA or FCALL)."""
+    """The exact bytes the library sent for one breaker's lazy sync, for one of its
+    recorded failures, and for its flush in strategy ``batched`` (its report of the
+    successes counted since the last one: what ``fleet_sim.Flusher`` pipelines);
+    whatever the command: EVALSHA or FCALL."""
 
     sync: bytes
     record: bytes
+    batched: bytes
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,8 @@ def capture(url: str, prefix: str, breakers: int, sync_interval: float) -> Captu
             for j in range(breakers)
         ]  # fmt: skip
         for b in made:
-            sync = record = b""
+            sync = record = batched = b""
+            flusher = Flusher(client, [b])
             for _ in range(2):
                 b.call(ok)  # counted locally
                 b.core.invalidate()  # the lease ends: the next call syncs, carrying it
@@ -127,7 +132,11 @@ def capture(url: str, prefix: str, breakers: int, sync_interval: float) -> Captu
                 except Boom:
                     pass
                 record = recorder.last_script()
-            out.append(Captured(sync, record))
+                b.call(ok)  # counted locally, then flushed as strategy batched does
+                flusher.used[0] = True
+                flusher.tick()
+                batched = recorder.last_script()
+            out.append(Captured(sync, record, batched))
         for b in made:
             b.core.background = True  # for this capture's syncer only (never started)
         for k in range(1, breakers + 1):
@@ -278,7 +287,7 @@ def _replay_fleet(
         every = BATCH_TICK * fleet.sync_interval
         _flushes, lazy = batched_rates(fleet.calls, fleet.sync_interval)
         active = per_tick(fleet)
-        batch, replies = b"".join(c.sync for c in captured[:active]), active
+        batch, replies = b"".join(c.batched for c in captured[:active]), active
         lazy_rate = b_count * lazy
     else:
         every = 1.0 / max(1e-9, sync_rate(fleet.calls, fleet.failure_share, fleet.sync_interval))

@@ -118,3 +118,25 @@ def test_the_listing_skips_a_state_key_it_cannot_read(r: redis.Redis) -> None:
     r.rpush(KeySpace.of("rb:", "cb", "a-list").key("s"), "x")
     r.set(KeySpace.of("rb:", "cb", "garbage").key("s"), "x")
     assert [b.name for b in Fleet(r).breakers()] == ["listed"]
+
+
+def test_a_failure_that_trips_nothing_reads_and_writes_the_state_only(
+    private_redis: RedisServer,
+) -> None:
+    """The fast path (lua/lib/outcomes.lua closed_tally): in the closed state of a
+    breaker with no window, a recorded failure that trips nothing is one GET and one
+    SET inside its FCALL (no TIME, no TTL, no ACL check: it publishes nothing). The
+    trip takes the whole machine."""
+    r = private_redis.client()
+    b = SharedBreaker("fast", client=r, fail_max=4, background_sync=False)
+    fail_n(b.call, 1)  # the process's first call refreshes the TTL: the whole machine
+    r.config_resetstat()
+    fail_n(b.call, 2)
+    ran = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+    assert (ran.get("fcall"), ran.get("get"), ran.get("set")) == (2, 2, 2)
+    assert not {"time", "pexpire", "publish"} & set(ran)
+    assert stored.decode(r.get(b.keys[0]))["consec"] == 3
+    fail_n(b.call, 1)  # the fourth consecutive failure trips
+    ran = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+    assert ran.get("publish") == 1 and ran.get("time", 0) >= 1
+    assert b.snapshot().state is State.OPEN

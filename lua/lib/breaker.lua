@@ -195,7 +195,7 @@ end
 -- it may publish is checked here, before its first write (see lua/lib/publish.lua).
 -- s.exists says whether the key existed; s.other is the settings stored by a process
 -- whose settings differ from ours ('' if none). `raw` is the key's GET reply when the
--- caller read it already (see read_state).
+-- caller read it already (report() reads it first, for its fast path).
 local function load(publishes, raw)
   if publishes then
     local refused = publish_refused(head_channel())

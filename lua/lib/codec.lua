@@ -61,8 +61,9 @@ local function encode_state(s)
   if struct then
     return struct.pack(FORMAT, LAYOUT, ST_CODE[s.st], s.gen, s.consec, s.n_ok,
       s.n_fail, s.n_slow, s.n_ign, s.n_np, s.wkind, s.wsize, s['until'], s.trips, s.hs, s.n, s.wf,
-      s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_trips, s.open_ms, s.opened, s.why_at, #s.cfg, s.cfg, #s.why,
-      s.why, #s.why_text, s.why_text, #s.why_err, s.why_err, #s.why_by, s.why_by)
+      s.ws, s.h, s.wsec, s.ct, s.cf, s.cs, s.n_trips, s.open_ms, s.opened, s.why_at,
+      #s.cfg, s.cfg, #s.why, s.why, #s.why_text, s.why_text, #s.why_err, s.why_err,
+      #s.why_by, s.why_by)
   end
   local out = { string.char(LAYOUT, ST_CODE[s.st]) }
   for _, f in ipairs(NUMS) do out[#out + 1] = be_bytes(s[f], 8) end

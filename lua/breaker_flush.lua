@@ -34,6 +34,7 @@ for i = 1, n do
   local first = starts[i]
   local argv = { unpack(ARGV, first + 1, first + tonumber(ARGV[first])) }
   out[i] = report({ KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i] }, argv, now)
-  if now == nil and type(out[i]) == 'table' and not out[i].err then now = server_clock() end
+  -- (a reply is the state alone, or an array, or an error)
+  if now == nil and not (type(out[i]) == 'table' and out[i].err) then now = server_clock() end
 end
 return out

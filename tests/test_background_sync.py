@@ -19,9 +19,9 @@ from redisbreaker.aio import SharedBreaker as AsyncSharedBreaker
 from redisbreaker.breaker_core import BreakerCore
 from redisbreaker.config import async_client_from_url
 from redisbreaker.keys import KeySpace
-from redisbreaker.options import BreakerOptions
-from redisbreaker.syncer import CHUNK, Registry, syncer_for
-from redisbreaker.testing.servers import RedisCluster
+from redisbreaker.options import BreakerOptions, TimeWindow
+from redisbreaker.syncer import CHUNK, Registry, Syncer, syncer_for
+from redisbreaker.testing.servers import RedisCluster, RedisServer
 from tests.helpers import ok, wait_for
 
 
@@ -290,3 +290,26 @@ def test_cluster_rounds_resend_only_what_met_noscript() -> None:
     assert rounds.take([NoScriptError("NOSCRIPT")]) is False
     assert rounds.replies[0] == "ra" and rounds.replies[2] == "rc"
     assert isinstance(rounds.replies[1], NoScriptError)
+
+
+def test_one_flush_reads_the_clock_once(private_redis: RedisServer) -> None:
+    """breaker_flush shares one TIME across its breakers: time windows each need the
+    clock, and the first breaker's read serves the rest (lua/breaker_flush.lua)."""
+    r = private_redis.client()
+    breakers = [
+        SharedBreaker(f"bg-time-{i}", client=r, fail_max=None, window=TimeWindow(60),
+                      failure_rate_threshold=0.5, background_sync=False)
+        for i in range(3)
+    ]  # fmt: skip
+    syncer = Syncer(r)  # this test's own, never started: sync_due is the one flush
+    for b in breakers:
+        b.call(ok)
+        b.core.background = True
+        syncer.registry.add(b)
+    r.config_resetstat()
+    for b in breakers:
+        b.call(ok)  # counted locally: the view is fresh
+    assert syncer.sync_due(lead=1e9) == 3
+    ran = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+    assert ran.get("fcall") == 1 and ran.get("time") == 1
+    assert all(_successes(b) == 2 for b in breakers)

@@ -19,8 +19,10 @@ if cmd == 'open' and (not ms or ms < 1) then
 end
 local s = load(true)
 if s.err then return s end
-local text = cmd .. ((cmd == 'open') and (' for ' .. (ms / 1000) .. 's') or '') .. ' by ' .. head_who()
-if head_note() ~= '' then text = text .. ': ' .. head_note() end
+local note = head_note()
+local text = cmd .. ((cmd == 'open') and (' for ' .. (ms / 1000) .. 's') or '') .. ' by '
+  .. head_who()
+if note ~= '' then text = text .. ': ' .. note end
 if cmd == 'force_open' then
   if s.st ~= 'forced_open' then transition(s, 'forced_open', nil, 'operator', text) end
 elseif cmd == 'disable' then

@@ -106,13 +106,20 @@ class _Dispatch:
         self._check_at = 0.0
         self._entries = 0
         self._sweep_at = 64
+        self._final: set[str] = set()  # channels whose messages are each tag's last
 
     # -- listeners (any thread) --------------------------------------------------------
 
-    def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> bool:
-        """Register ``listener``; True if ``channel`` was not subscribed yet."""
+    def add(
+        self, channel: str, tag: str, listener: Listener, decode: Decoder, final: bool = False
+    ) -> bool:
+        """Register ``listener``; True if ``channel`` was not subscribed yet. ``final``:
+        a message on ``channel`` is the last its tag ever gets (a transaction's
+        decision), so delivering it drops the tag's listeners at once."""
         with self._lock:
             self.decoders[channel] = decode
+            if final:
+                self._final.add(channel)
             by_tag = self.listeners.setdefault(channel, {})
             by_tag.setdefault(tag, weakref.WeakSet()).add(listener)
             new = channel not in self._wanted
@@ -124,6 +131,9 @@ class _Dispatch:
             return new
 
     def remove(self, channel: str, tag: str, listener: Listener) -> None:
+        by_tag = self.listeners.get(channel)
+        if by_tag is None or tag not in by_tag:
+            return  # (dropped when its final message was delivered) no lock needed
         with self._lock:
             by_tag = self.listeners.get(channel, {})
             group = by_tag.get(tag)
@@ -255,7 +265,13 @@ class _Dispatch:
         tag, message = decoded
         with self._lock:
             by_tag = self.listeners.get(channel, {})
-            targets = [*by_tag.get(tag, ()), *by_tag.get(ANY, ())]
+            if channel in self._final:  # its listeners leave now, not one by one
+                group = by_tag.pop(tag, ())
+                if group and not by_tag:
+                    self._dirty = True  # the channel's linger starts
+            else:
+                group = by_tag.get(tag, ())
+            targets = [*group, *by_tag.get(ANY, ())]
         for listener in targets:
             listener.on_message(message)
 
@@ -273,7 +289,9 @@ class Hub(Protocol):
 
     connected: Any  # set while every wanted channel's subscription is confirmed
 
-    def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> None: ...
+    def add(
+        self, channel: str, tag: str, listener: Listener, decode: Decoder, final: bool = False
+    ) -> None: ...
     def remove(self, channel: str, tag: str, listener: Listener) -> None: ...
     def ready(self, channel: str) -> Any: ...
 
@@ -300,8 +318,10 @@ class _HubBase:
         self._node_of: dict[str, str] = {}
         self.version = 0  # bumped whenever a channel's route or presence changes
 
-    def add(self, channel: str, tag: str, listener: Listener, decode: Decoder) -> None:
-        new = self.dispatch.add(channel, tag, listener, decode)
+    def add(
+        self, channel: str, tag: str, listener: Listener, decode: Decoder, final: bool = False
+    ) -> None:
+        new = self.dispatch.add(channel, tag, listener, decode, final)
         self._start_links()
         if new:  # subscribe at once rather than at the link's next turn
             link = self._links.get(self._node_of.get(channel, ""))

@@ -20,7 +20,6 @@ This module is the thread shell: the handle's one implementation is
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -34,7 +33,7 @@ from redisbreaker.config import default_client
 from redisbreaker.immediate import Immediate, run_now
 from redisbreaker.tx_api import Participation, TransactionApi
 from redisbreaker.tx_core import Claim, Decision, Outcome, ParticipantId, Tally
-from redisbreaker.tx_waiters import READY_TIMEOUT, Waiter, thread_relay
+from redisbreaker.tx_waiters import READY_TIMEOUT, Latch, Waiter, thread_relay
 
 __all__ = ["Decision", "Outcome", "Participation", "Tally", "Transaction"]
 
@@ -91,7 +90,7 @@ class Transaction(
 
     def _waiter(self) -> Waiter:
         ready = self._hub().ready(self.channel)
-        return Waiter(self.id, threading.Event(), ready, thread_relay())
+        return Waiter(self.id, Latch(), ready, thread_relay())
 
     def _until_woken(self, waiter: Waiter, seconds: float) -> Immediate[bool]:
         waiter.asleep = True  # only now may the relay give it a turn (see Relay)

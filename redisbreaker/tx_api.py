@@ -177,7 +177,7 @@ class TransactionApi(
         decision ends the plan with no further read: the message carries all of it.
         """
         hub, waiter, channel = self._hub(), self._waiter(), self.channel
-        hub.add(channel, self.id, waiter, decode)
+        hub.add(channel, self.id, waiter, decode, final=True)  # a decision never changes
         try:
             await self._until_subscribed(waiter)
             waiter.settle()  # the confirmation's re-read request: the first read covers it

@@ -25,6 +25,7 @@ relay (the votes suite, benchmarks/README.md).
 
 from __future__ import annotations
 
+import _thread
 import collections
 import os
 import threading
@@ -41,7 +42,7 @@ READY_TIMEOUT = 2.0
 # threads per process, 1.6-1.9x slower at 250.)
 RELAY_DEPTH = 2
 
-__all__ = ["READY_TIMEOUT", "RELAY_DEPTH", "Relay", "Waiter", "decode", "thread_relay"]
+__all__ = ["READY_TIMEOUT", "RELAY_DEPTH", "Latch", "Relay", "Waiter", "decode", "thread_relay"]
 
 # A waiter's place in its relay, changed under the relay's lock and only forwards.
 _NEW, _QUEUED, _TURN, _DONE = range(4)
@@ -53,11 +54,60 @@ def decode(payload: bytes) -> tuple[str, Decision] | None:
     return None if decision is None else (decision.tx_id, decision)
 
 
+class Latch:
+    """``threading.Event``'s set/clear/wait/is_set for the one thread that waits on it.
+
+    One raw lock, held while the latch is clear: waiting is acquiring it (and letting
+    go at once, so the latch stays set), setting is releasing it. ``threading.Event``
+    is a ``Condition`` written in Python: making one, setting it and waking from it
+    cost a few µs of the GIL each, and a thousand woken waiters pay them in a row.
+    Only the waiting thread calls :meth:`wait` and :meth:`clear`; any thread may set.
+    """
+
+    __slots__ = ("_flag", "_gate", "_mutex")
+
+    def __init__(self) -> None:
+        self._gate = _thread.allocate_lock()
+        self._gate.acquire()
+        self._flag = False
+        # Keeps the flag and the gate's state together when a set races another set
+        # or a clear. Held for a few bytecodes, never while anyone blocks; one per
+        # latch, so a fork while another thread holds it strands nobody in the child.
+        self._mutex = _thread.allocate_lock()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._mutex:
+            if not self._flag:
+                self._flag = True
+                self._gate.release()
+
+    def clear(self) -> None:
+        with self._mutex:
+            if self._flag:
+                self._flag = False
+                self._gate.acquire(False)  # free: set released it, and the waiter is us
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set (at once if it is), False if ``timeout`` seconds pass first."""
+        if timeout is None:
+            got = self._gate.acquire()
+        elif timeout > 0:
+            got = self._gate.acquire(True, min(timeout, threading.TIMEOUT_MAX))
+        else:
+            got = self._gate.acquire(False)
+        if got:
+            self._gate.release()  # still set: only clear() closes it again
+        return got
+
+
 @dataclass(eq=False)
 class Waiter:
     """One waiter's mailbox: the published decision, or a request to read again.
 
-    ``event`` is a ``threading.Event`` for threads or an ``asyncio.Event`` for a loop;
+    ``event`` is a :class:`Latch` for threads or an ``asyncio.Event`` for a loop;
     ``ready`` is the hub's flag for the transaction's channel, set while its
     subscription is confirmed. ``relay`` paces the waking of threads (``None`` in
     asyncio, where setting an event only schedules a task on the loop's own thread);

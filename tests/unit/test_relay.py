@@ -1,14 +1,18 @@
-"""The relay that wakes waiting threads a few at a time (tx_waiters.Relay), no Redis."""
+"""The relay that wakes waiting threads a few at a time (tx_waiters.Relay), the latch
+each thread waits on, and the hub's bookkeeping for them; no Redis."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import threading
+import time
+
+import msgpack
 
 from redisbreaker.events import EventHub
 from redisbreaker.tx_core import Decision, Outcome, Tally
-from redisbreaker.tx_waiters import Relay, Waiter, thread_relay
+from redisbreaker.tx_waiters import Latch, Relay, Waiter, decode, thread_relay
 from tests.helpers import wait_for
 
 DECISION = Decision("t", Outcome.COMMIT, Tally(3, 3, 0, 0, 0, 0))
@@ -16,7 +20,7 @@ DECISION = Decision("t", Outcome.COMMIT, Tally(3, 3, 0, 0, 0, 0))
 
 def asleep(relay: Relay, n: int) -> list[Waiter]:
     """``n`` waiters whose threads are (as far as the relay knows) asleep on their event."""
-    return [Waiter("t", threading.Event(), threading.Event(), relay, asleep=True) for _ in range(n)]
+    return [Waiter("t", Latch(), threading.Event(), relay, asleep=True) for _ in range(n)]
 
 
 def woken(waiters: list[Waiter]) -> list[int]:
@@ -61,7 +65,7 @@ def test_a_busy_waiter_is_woken_without_a_turn() -> None:
     """A waiter whose thread is not asleep on its event (a status read in flight) has
     its event set at once and holds no turn: it cannot hold up the others."""
     relay = Relay(depth=1)
-    busy = Waiter("t", threading.Event(), threading.Event(), relay)
+    busy = Waiter("t", Latch(), threading.Event(), relay)
     waiters = asleep(relay, 2)
     busy.on_message(DECISION)
     for w in waiters:
@@ -85,7 +89,7 @@ def test_a_waiter_that_left_is_not_woken() -> None:
 
 def test_settle_keeps_a_decision_and_drops_rechecks() -> None:
     """Before its first read a waiter forgets re-read requests, never a decision."""
-    w = Waiter("t", threading.Event(), threading.Event())
+    w = Waiter("t", Latch(), threading.Event())
     w.on_reset()
     w.settle()
     assert (w.event.is_set(), w.recheck) == (False, False)
@@ -99,7 +103,7 @@ def test_300_threads_all_wake_never_more_than_depth_at_once() -> None:
     """300 threads asleep on their events, handed one decision: every one returns it,
     and at no moment do more than ``depth`` woken threads hold a turn."""
     relay = Relay(depth=2)
-    waiters = [Waiter("t", threading.Event(), threading.Event(), relay) for _ in range(300)]
+    waiters = [Waiter("t", Latch(), threading.Event(), relay) for _ in range(300)]
     got: list[Decision | None] = []
     most = [0]
 
@@ -167,3 +171,105 @@ def test_a_confirmation_resets_listeners_before_raising_the_ready_flag() -> None
     dispatch.lost(["ch"], link)
     assert seen == [False, False]
     assert not ready.is_set()
+
+
+def test_a_latch_is_an_event_for_one_waiting_thread() -> None:
+    """Set, clear and wait as ``threading.Event``: a set latch lets every wait through
+    until cleared; a clear one times out (at once for a timeout of 0 or less)."""
+    latch = Latch()
+    assert not latch.is_set()
+    assert latch.wait(0) is False
+    assert latch.wait(-1) is False
+    assert latch.wait(0.01) is False
+    latch.set()
+    latch.set()  # twice: still one set
+    assert latch.is_set()
+    assert latch.wait() is True
+    assert latch.wait(0) is True  # stays set
+    latch.clear()
+    latch.clear()
+    assert not latch.is_set()
+    assert latch.wait(0) is False
+    latch.set()
+    assert latch.wait(threading.TIMEOUT_MAX * 2) is True  # clamped, as Event's
+
+
+def test_a_latch_wakes_its_thread_and_survives_racing_setters() -> None:
+    """A thread blocked in wait() returns once another thread sets the latch; four
+    threads setting it while its own thread clears and waits never break it (no
+    double release of its lock)."""
+    latch, woke = Latch(), threading.Event()
+
+    def sleeper() -> None:
+        if latch.wait(60):
+            woke.set()
+
+    thread = threading.Thread(target=sleeper, daemon=True)
+    thread.start()
+    latch.set()
+    assert woke.wait(60)
+    thread.join(60)
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def setter() -> None:
+        try:
+            while not stop.is_set():
+                latch.set()
+                time.sleep(0)  # lets the others (and the clearing thread) run
+        except BaseException as exc:  # pragma: no cover - what the test looks for
+            errors.append(exc)
+
+    setters = [threading.Thread(target=setter, daemon=True) for _ in range(4)]
+    for t in setters:
+        t.start()
+    for _ in range(500):
+        latch.clear()
+        assert latch.wait(60)  # a setter sets it again
+    stop.set()
+    for t in setters:
+        t.join(60)
+    assert errors == []
+    assert latch.is_set() and latch.wait(0)
+
+
+def test_a_final_message_drops_its_tags_listeners_at_delivery() -> None:
+    """On a channel whose messages are final (a transaction's decision), delivering
+    one hands it to the tag's waiters and forgets them at once: their own remove is
+    then a no-op, a listener of every tag (ANY) stays, and a waiter that registers
+    afterwards starts a group of its own. Other channels keep their listeners."""
+    from redisbreaker.events import ANY
+    from redisbreaker.tx_core import parse_message
+
+    dispatch = EventHub(object()).dispatch
+    payload = msgpack.packb(["t", "commit", "votes", "", "all voted yes", 1, 3, 3, 0, 9])
+    assert parse_message(payload) is not None
+    waiters = [Waiter("t", Latch(), threading.Event()) for _ in range(3)]
+    heard: list[object] = []
+
+    class Watcher:
+        def on_message(self, message: object) -> None:
+            heard.append(message)
+
+        def on_reset(self) -> None: ...
+
+    watcher = Watcher()
+    for w in waiters:
+        dispatch.add("tx", "t", w, decode, final=True)
+    dispatch.add("tx", ANY, watcher, decode)
+    dispatch.add("other", "t", waiters[0], decode)
+    dispatch.deliver("tx", payload)
+    assert all(w.decision is not None and w.event.is_set() for w in waiters)
+    assert len(heard) == 1
+    assert "t" not in dispatch.listeners["tx"]  # forgotten with no remove
+    assert ANY in dispatch.listeners["tx"]
+    for w in waiters:
+        dispatch.remove("tx", "t", w)  # no-op
+    assert "t" in dispatch.listeners["other"]
+    late = Waiter("t", Latch(), threading.Event())
+    dispatch.add("tx", "t", late, decode, final=True)
+    assert set(dispatch.listeners["tx"]["t"]) == {late}
+    dispatch.deliver("tx", payload)
+    assert late.decision is not None
+    assert len(heard) == 2

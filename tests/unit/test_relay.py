@@ -10,8 +10,8 @@ import time
 
 import msgpack
 
-from redisbreaker.events import EventHub
-from redisbreaker.tx_core import Decision, Outcome, Tally
+from redisbreaker.events import ANY, EventHub
+from redisbreaker.tx_core import Decision, Outcome, Tally, parse_message
 from redisbreaker.tx_waiters import Latch, Relay, Waiter, decode, thread_relay
 from tests.helpers import wait_for
 
@@ -239,9 +239,6 @@ def test_a_final_message_drops_its_tags_listeners_at_delivery() -> None:
     one hands it to the tag's waiters and forgets them at once: their own remove is
     then a no-op, a listener of every tag (ANY) stays, and a waiter that registers
     afterwards starts a group of its own. Other channels keep their listeners."""
-    from redisbreaker.events import ANY
-    from redisbreaker.tx_core import parse_message
-
     dispatch = EventHub(object()).dispatch
     payload = msgpack.packb(["t", "commit", "votes", "", "all voted yes", 1, 3, 3, 0, 9])
     assert parse_message(payload) is not None

@@ -3,9 +3,11 @@
 Environment: ``BENCH_BROKER`` (Redis URL), ``BENCH_GATED`` ("0": no gate; "view": a
 ``can_consume`` patch checking the breaker's cached view, each task run through the
 breaker; "celery": ``redisbreaker.celery.install(app)`` and ``@shared_breaker``),
-``BENCH_BREAKER`` (the breaker's name), ``BENCH_QUEUE`` (the queue consumed).
-The worker times its own batch: from the
-first task's start to the end of the task sent with ``final=True``, and stores the
+``BENCH_BREAKER`` (the breaker's name), ``BENCH_QUEUE`` (the queue consumed),
+``BENCH_WARMUP`` (tasks run before the clock starts).
+The worker times its own batch: from the start of task number ``BENCH_WARMUP`` (so
+what a worker does once, at start-up, is not timed: its first connections, the
+gate's first polls) to the end of the task sent with ``final=True``, and stores the
 seconds under ``<queue>:elapsed`` in Redis, so no per-task I/O is added.
 """
 
@@ -25,6 +27,7 @@ from redisbreaker.breaker_core import monotonic
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/0")
 MODE = os.environ.get("BENCH_GATED", "0")
 GATED = MODE == "view"
+WARMUP = int(os.environ.get("BENCH_WARMUP", "0"))
 
 app = Celery("bench_noop", broker=BROKER)
 app.conf.update(
@@ -94,7 +97,7 @@ def _warm(**kw: Any) -> None:
 
 @signals.task_prerun.connect
 def _start(task_id: str, task: Any, args: Any = (), **kw: Any) -> None:
-    if args and args[0] == 0:
+    if args and args[0] == WARMUP:
         _clock["start"] = time.perf_counter()
 
 

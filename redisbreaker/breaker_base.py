@@ -63,6 +63,7 @@ class BreakerBase:
         self._bind_lock = threading.Lock()
         self._scripts: dict[str, Any] | None = None
         self._epoch = -1  # the fork epoch the binding was made in
+        self._server_fine = False  # its client's server was checked and is supported
         self._tickets = self._new_ticket_store()
 
     def __repr__(self) -> str:
@@ -145,6 +146,7 @@ class BreakerBase:
                     config.warn_risky_client(client)
                 found = {name: scripts.for_client(client, name) for name in SCRIPTS}
                 self._client = client
+                self._server_fine = False
                 # The prefix's channel, or on Redis Cluster the hash slot's (keys.py).
                 self._core.channel = self._core.keys.channel(sharded=is_cluster(client))
                 self._join_hub(client)
@@ -168,11 +170,17 @@ class BreakerBase:
 
     def _server_refusal(self) -> StorageError | None:
         """``None`` if the server is fine; an error to raise if it is unsupported."""
-        problem = _checked_clients.get(self._client)
-        return None if problem is None else StorageError(f"breaker {self.name!r}: {problem}")
+        if self._server_fine:
+            return None
+        problem = _checked_clients.get(self._client, "")
+        if problem is None:
+            # Remembered here: two weak-dictionary lookups cost every script call 0.3 µs.
+            self._server_fine = True
+            return None
+        return StorageError(f"breaker {self.name!r}: {problem}") if problem else None
 
     def _unchecked(self) -> bool:
-        return self._client not in _checked_clients
+        return not self._server_fine and self._client not in _checked_clients
 
     # -- the pub/sub hub calls these (see redisbreaker/events.py) ---------------------------
 

@@ -251,6 +251,13 @@ class BreakerOptions:
         return tuple(str(f).encode() for f in fields)
 
     @functools.cached_property
+    def jittered(self) -> bool:
+        """Whether an open period is lengthened at random: only then does a script call
+        need the random number it carries (``repr`` of a float is the dearest part of
+        building a call's arguments)."""
+        return bool(self.backoff and self.backoff.jitter)
+
+    @functools.cached_property
     def settings_text(self) -> str:
         """The settings every process sharing this breaker must agree on, as one string:
         stored with the state, so a process with other settings is noticed."""
@@ -284,12 +291,14 @@ class BreakerOptions:
         note: str = "", refresh_ttl: bool = True,
     ) -> list[Any]:  # fmt: skip
         """ARGV[1..OP-1] of every breaker script, in the order ``lua/lib/breaker.lua``
-        reads: the settings as their fingerprint and their text (a shell that knows
+        reads: a random number for the backoff's jitter ("0" when there is none), the
+        settings as their fingerprint and their text (a shell that knows
         Redis has them sends '' instead: ``SETTINGS_TEXT`` is their index), ``who``
         calls, ``note`` is the last failure it reports (or an operator's reason), and
         whether the call refreshes the state's TTL (else it keeps it when it can)."""
         return [
-            clock, repr(rand), channel, event_prefix, self.settings_fingerprint,
+            clock, repr(rand) if self.jittered else "0", channel, event_prefix,
+            self.settings_fingerprint,
             self.settings_text, who, note, "1" if refresh_ttl else "",
         ]  # fmt: skip
 

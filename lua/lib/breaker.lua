@@ -52,7 +52,8 @@
 -- what the settings cache uses; everything per call is set again by breaker_setup.
 
 -- The call's head: ARGV[1] clock override ('' = TIME); ARGV[2] uniform [0, 1) from the
--- caller for the jitter (Redis seeds math.random alike in every script); ARGV[3] the
+-- caller for the jitter (Redis seeds math.random alike in every script; '0' when the
+-- settings have no jitter); ARGV[3] the
 -- event channel; ARGV[4] the event prefix (msgpack: array header, breaker name, origin
 -- id); ARGV[5] the settings' fingerprint; ARGV[6] the settings text (14 numbers joined
 -- by ',', redisbreaker/options.py `BreakerOptions.settings_text`), or '' when the

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import random
 import threading
 import weakref
@@ -21,6 +20,7 @@ from typing import Any, Final, Literal, TypeVar, Unpack
 from celery import signals
 from celery.exceptions import Ignore, Reject, Retry
 
+from redisbreaker import forking
 from redisbreaker.breaker import SharedBreaker
 from redisbreaker.celery.scopes import Scope, resolve_pause, scoped_name
 from redisbreaker.celery.settings import is_installed, settings_for
@@ -83,7 +83,12 @@ class BreakerSpec:
 
     def breaker(self, key: str) -> SharedBreaker:
         """This process's breaker for scope key ``key`` (new after fork)."""
-        slot = (os.getpid(), key)
+        # Every task asks: the fork epoch, not os.getpid() (a system call), and a lookup
+        # without the lock (a dict read is atomic; only a miss creates, under the lock).
+        slot = (forking.epoch, key)
+        found = self._breakers.get(slot)
+        if found is not None:
+            return found
         with self._lock:
             found = self._breakers.get(slot)
             if found is None:

@@ -96,3 +96,20 @@ def test_breaker_settings_and_options_list_the_same_options() -> None:
     assert list(BreakerSettings.__annotations__) == [
         f.name for f in dataclasses.fields(BreakerOptions)
     ]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "jittered"),
+    [(None, False), (Backoff(jitter=0), False), (Backoff(multiplier=2, jitter=0.25), True)],
+)
+def test_the_random_number_travels_only_with_a_jitter(
+    backoff: Backoff | None, jittered: bool
+) -> None:
+    """ARGV[2] is what the scripts lengthen an open period by, at random: a uniform
+    [0, 1) number when the settings have a jitter, else "0" (never read)."""
+    from redisbreaker.options import options_from
+
+    options = options_from({"backoff": backoff, "ttl": 3600.0})
+    sent = options.argv(clock="", rand=0.375, channel="c", event_prefix=b"")[1]
+    assert options.jittered is jittered
+    assert sent == ("0.375" if jittered else "0")

@@ -121,7 +121,7 @@ def throughput(cfg: Config) -> dict[str, Any]:
         modes.append("celery")
     except ImportError:
         pass
-    tasks, rounds = cfg.pick(2000, 30), cfg.pick(5, 1)
+    tasks, rounds = cfg.pick(3000, 30), cfg.pick(7, 1)
     runs: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(rounds):
         order = modes[i % len(modes) :] + modes[: i % len(modes)]

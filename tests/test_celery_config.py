@@ -226,3 +226,22 @@ def test_claim_in_manual_mode_resumes_everyone_at_the_deadline(r: redis.Redis) -
     clock.advance(6)
     assert _claim(r, breaker, "a", "manual")[0] == "resume"
     assert _claim(r, breaker, "b", "manual")[0] == "resume"
+
+
+def test_attempt_history_listens_only_for_apps_with_dead_letters() -> None:
+    """Celery sends task_success only when someone listens: the attempt history's
+    receivers are connected when a worker of an app with dead letters starts
+    (install's worker set-up), not by importing the integration."""
+    from celery import signals
+
+    from redisbreaker.celery import deadletter
+
+    def listening() -> bool:
+        return any(r is deadletter._on_success for _, r in signals.task_success.receivers)
+
+    for signal, receiver in deadletter._RECEIVERS:  # whatever earlier tests connected
+        signal.disconnect(receiver)
+    deadletter.use_dead_letter_requests(_app())
+    assert not listening()
+    deadletter.use_dead_letter_requests(_app(redisbreaker_dead_letter=True))
+    assert listening()

@@ -150,7 +150,10 @@ def _cut(text: str, limit: int) -> str:
 
 
 # The attempt history is written by the process that runs the task (a pool child),
-# from Celery's own signals: only for tasks that have failed at least once.
+# from Celery's own signals: only for tasks that have failed at least once. The
+# receivers are connected when a worker of an app with dead letters starts
+# (use_dead_letter_requests): Celery sends task_success only if someone listens, and
+# a receiver costs every task of every app about 2 µs.
 _started: dict[str, float] = {}
 
 
@@ -160,7 +163,6 @@ def _enabled(task: Any) -> bool:
         task, "dead_letter", True))  # fmt: skip
 
 
-@signals.task_prerun.connect(weak=False)
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task_id and task is not None and _enabled(task):
         _started[task_id] = time.monotonic()
@@ -177,7 +179,6 @@ def _finish(task: Any, outcome: str, exc: BaseException | None, countdown: float
                     int(request.retries or 0), exc, countdown)  # fmt: skip
 
 
-@signals.task_retry.connect(weak=False)
 def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     if sender is None or not _enabled(sender):
         return
@@ -189,13 +190,11 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
     _finish(sender, "retry", exc, countdown)
 
 
-@signals.task_failure.connect(weak=False)
 def _on_failure(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
     if sender is not None and _enabled(sender) and not isinstance(exception, CircuitOpenError):
         _finish(sender, "failed", exception, None)
 
 
-@signals.task_success.connect(weak=False)
 def _on_success(sender: Any = None, **_: Any) -> None:
     if sender is not None and _enabled(sender):
         _finish(sender, "succeeded", None, None)
@@ -561,11 +560,25 @@ def dead_letter(request: Request, exc: BaseException, exc_info: Any, why: str) -
     return entry, added
 
 
+_RECEIVERS = (
+    (signals.task_prerun, _on_prerun), (signals.task_retry, _on_retry),
+    (signals.task_failure, _on_failure), (signals.task_success, _on_success),
+)  # fmt: skip
+
+
+def _listen() -> None:
+    """Connect the attempt history's receivers (once: Celery keys them by identity)."""
+    for signal, receiver in _RECEIVERS:
+        signal.connect(receiver, weak=False)
+
+
 def use_dead_letter_requests(app: Celery) -> None:
-    """Give every task of ``app`` that may be dead-lettered the request class above (called
-    by ``install`` when the worker starts, before its consumer builds task strategies)."""
+    """Give every task of ``app`` that may be dead-lettered the request class above, and
+    start recording attempts (called by ``install`` when the worker starts, before its
+    consumer builds task strategies and tracers)."""
     if not settings_for(app).dead_letter:
         return
+    _listen()
     for task in app.tasks.values():
         if getattr(task, "dead_letter", True) and task.Request == Request.__module__ + ":Request":
             # Celery takes a class as well as its dotted path (symbol_by_name).

@@ -346,8 +346,9 @@ class GateController:
         # Runs on the consumer's thread, for each message it takes.
         if sender is not self.consumer:
             return
-        with self._lock:
-            d = self.decision
+        d = self.decision  # (replaced whole by the gate thread: one read sees one)
+        if not (d.paused or d.trial or self.applied):
+            return  # nothing paused and nothing to undo: each message of a healthy worker
         if d.trial and self._trial_taken != d.epoch:
             self._trial_taken = d.epoch
         if self._wanted() != self.applied:

@@ -179,7 +179,7 @@ def split(n: int, parts: int) -> list[range]:
 # -- the library's own breakers -----------------------------------------------------------
 
 
-def _queue(pipe: Any, caller: Any, keys: list[str], args: list[Any]) -> None:
+def _queue(pipe: Any, caller: Any, keys: Sequence[str], args: list[Any]) -> None:
     """Queue one breaker script call on ``pipe`` the way ``caller`` (the library's own
     caller of that script on this client) would send it alone: FCALL or EVALSHA."""
     mode = getattr(caller, "mode", None)

@@ -52,7 +52,8 @@ class SharedBreaker(BreakerBase):
         """Send ``call``; its raw reply, or the library's error."""
         script = self._bind()[call.script]
         try:
-            reply = script(keys=[*self._core.key_list, *call.extra_keys], args=call.args)
+            keys = self._core.key_list + call.extra_keys
+            reply = script(keys=keys, args=call.args)
             if self._unchecked():  # once per client, when the server has just answered
                 self._check_server()
         except STORAGE_ERRORS as exc:

@@ -169,7 +169,8 @@ class BreakerCore:
         self.name = name
         self.options = options
         self.keys = keys
-        self.key_list = [keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r")]
+        # A tuple: every script call sends it as it is (nothing may change it).
+        self.key_list = (keys.key("s"), keys.key("p"), keys.key("b"), keys.key("r"))
         self.channel = keys.channel()
         self.now: Callable[[], float] = monotonic  # the local clock (tests drive it)
         self.clock_override: Callable[[], int] | None = None  # Redis's clock (tests only)
@@ -346,10 +347,10 @@ class BreakerCore:
     def _report_call(self, batch: tuple[Entry, ...]) -> ScriptCall:
         """``breaker_report`` with ``batch``; the sender role goes with a non-empty one
         (:meth:`_take_locked` took it)."""
-        return ScriptCall(
-            "breaker_report", [*self.config_args(), *_flat(batch)], batch=batch,
-            sender=bool(batch),
-        )  # fmt: skip
+        args = self.config_args()
+        for entry in batch:
+            args.extend(entry)
+        return ScriptCall("breaker_report", args, "", batch, bool(batch))
 
     def sent(self, *, keep: bool = True) -> ScriptCall | None:
         """The sender's call went through: the next batch to send, or ``None`` with the

@@ -286,7 +286,7 @@ def test_cluster_rounds_resend_only_what_met_noscript() -> None:
     rounds = ClusterRounds(chunk, "sha")  # type: ignore[arg-type]
     assert len(rounds.commands()) == 3
     assert rounds.take([["ra"], NoScriptError("NOSCRIPT"), ["rc"]]) is True
-    assert [c[3] for c in rounds.commands()] == chunk[1][0].core.key_list[:1]
+    assert [c[3] for c in rounds.commands()] == [*chunk[1][0].core.key_list[:1]]
     assert rounds.take([NoScriptError("NOSCRIPT")]) is False
     assert rounds.replies[0] == "ra" and rounds.replies[2] == "rc"
     assert isinstance(rounds.replies[1], NoScriptError)

@@ -236,12 +236,18 @@ def test_attempt_history_listens_only_for_apps_with_dead_letters() -> None:
 
     from redisbreaker.celery import deadletter
 
-    def listening() -> bool:
-        return any(r is deadletter._on_success for _, r in signals.task_success.receivers)
+    watched = (signals.task_prerun, signals.task_retry, signals.task_failure,
+               signals.task_success)  # fmt: skip
 
-    for signal, receiver in deadletter._RECEIVERS:  # whatever earlier tests connected
-        signal.disconnect(receiver)
+    def ours(signal: Any) -> list[Any]:
+        return [
+            r for _, r in signal.receivers if getattr(r, "__module__", "") == deadletter.__name__
+        ]
+
+    for signal in watched:  # whatever earlier tests connected
+        for receiver in ours(signal):
+            signal.disconnect(receiver)
     deadletter.use_dead_letter_requests(_app())
-    assert not listening()
+    assert not any(ours(signal) for signal in watched)
     deadletter.use_dead_letter_requests(_app(redisbreaker_dead_letter=True))
-    assert listening()
+    assert all(len(ours(signal)) == 1 for signal in watched)

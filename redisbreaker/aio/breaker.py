@@ -51,7 +51,8 @@ class SharedBreaker(BreakerBase):
     async def _run(self, call: ScriptCall) -> View:
         script = self._bind()[call.script]
         try:
-            reply = await script(keys=[*self._core.key_list, *call.extra_keys], args=call.args)
+            keys = self._core.key_list + call.extra_keys
+            reply = await script(keys=keys, args=call.args)
             if self._unchecked():  # once per client, when the server has just answered
                 await self._check_server()
         except STORAGE_ERRORS as exc:

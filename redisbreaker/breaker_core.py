@@ -348,8 +348,7 @@ class BreakerCore:
         """``breaker_report`` with ``batch``; the sender role goes with a non-empty one
         (:meth:`_take_locked` took it)."""
         args = self.config_args()
-        for entry in batch:
-            args.extend(entry)
+        args += _flat(batch)
         return ScriptCall("breaker_report", args, "", batch, bool(batch))
 
     def sent(self, *, keep: bool = True) -> ScriptCall | None:

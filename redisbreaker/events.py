@@ -304,7 +304,11 @@ class _HubBase:
     """Channels, routing and links of one client; the shells start the links."""
 
     def __init__(self, client: Any, new_flag: Callable[[], Flag]) -> None:
-        self.client = client
+        # Held weakly: the hub lives in a dictionary keyed weakly by its client, so a
+        # strong reference would keep every client that ever had a hub (its pool, its
+        # sockets) alive for good. A running link holds it (see _Link): a dropped
+        # client goes once its hub has gone idle.
+        self._client = weakref.ref(client)
         self.cluster = is_cluster(client)
         self.dispatch = _Dispatch(new_flag)
         self.connected: Any = self.dispatch.connected  # a threading or asyncio Event
@@ -317,6 +321,13 @@ class _HubBase:
         self._by_node: dict[str, frozenset[str]] = {}
         self._node_of: dict[str, str] = {}
         self.version = 0  # bumped whenever a channel's route or presence changes
+
+    @property
+    def client(self) -> Any:
+        client = self._client()
+        if client is None:
+            raise ReferenceError("the hub's Redis client was garbage-collected")
+        return client
 
     def add(
         self, channel: str, tag: str, listener: Listener, decode: Decoder, final: bool = False
@@ -404,7 +415,7 @@ class _HubBase:
         """Make sure every node with channels to hold has a running link."""
         self.channels_for("")  # (re)routes if needed
         with self._lock:
-            if self.closed:
+            if self.closed or self._client() is None:  # (nobody can listen through it)
                 return
             started = [
                 self._links.setdefault(name, self._new_link(name))
@@ -431,6 +442,7 @@ class _Link:
 
     def __init__(self, hub: _HubBase, node: str) -> None:
         self.hub = hub
+        self.client = hub.client  # held while the link runs (the hub holds it weakly)
         self.node = node
         self.subscribed: set[str] = set()
         self._seen = -1
@@ -624,7 +636,7 @@ class _ThreadLink(_Link):
             self._send_lock.release()
 
     def _open(self) -> Immediate[Any]:
-        client = self.hub.client
+        client = self.client
         if not self.node:
             if self.hub.cluster:
                 raise _Rerouted("no master owns the slot yet")
@@ -649,7 +661,7 @@ class _ThreadLink(_Link):
             self._live = None
 
     def _refresh_topology(self) -> Immediate[object]:
-        return Immediate(self.hub.client.nodes_manager.initialize())
+        return Immediate(self.client.nodes_manager.initialize())
 
     def _pause(self, seconds: float) -> Immediate[object]:
         time.sleep(seconds)
@@ -767,7 +779,7 @@ class _TaskLink(_Link):
                 await self._reconcile(pubsub)
 
     async def _open(self) -> Any:
-        client = self.hub.client
+        client = self.client
         if not self.node:
             if self.hub.cluster:  # a new client has no slot map yet: read it, route again
                 raise _Rerouted("no master owns the slot yet")
@@ -793,7 +805,7 @@ class _TaskLink(_Link):
         await self._reconcile(pubsub)
 
     async def _refresh_topology(self) -> None:
-        await self.hub.client.nodes_manager.initialize()
+        await self.client.nodes_manager.initialize()
 
     def _pause(self, seconds: float) -> Awaitable[object]:
         return asyncio.sleep(seconds)

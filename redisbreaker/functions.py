@@ -31,6 +31,7 @@ apply a change twice.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 import redis.exceptions as rx
@@ -71,10 +72,10 @@ class _Caller:
     """The shared decisions of the sync and asyncio callers (no I/O)."""
 
     def __init__(self, client: Any, name: str, mode: _ClientMode) -> None:
-        self.client = client
+        self.client = weakref.proxy(client)  # (shared through scripts.for_client: see there)
         self.name = name
         self.mode = mode
-        self.script = client.register_script(scripts.source(name))  # the EVAL way
+        self.script = scripts.register(client, name)  # the EVAL way
         self.function = scripts.library().functions[name]
         # breaker_flush carries many breakers' heads, each with its settings text.
         self.one_head = name != "breaker_flush"

@@ -175,7 +175,12 @@ def for_client(client: _Registrar, name: str) -> Any:
     (registering hashes the source: tens of microseconds, not to be paid per object).
     The breaker's scripts (:data:`FUNCTION_SCRIPTS`) are FCALLs of one library where
     Redis has Functions (:mod:`redisbreaker.functions`); either way the result is
-    called as ``script(keys=[...], args=[...])``."""
+    called as ``script(keys=[...], args=[...])``.
+
+    The result holds ``client`` weakly (a ``weakref.proxy``): this registry is keyed
+    weakly by the client, and a value that held it would keep every client that ever
+    ran a script alive, with its pool and sockets. So a caller keeps its client for as
+    long as it calls the script (a breaker holds both)."""
     try:
         return _registered[client][name]
     except KeyError:
@@ -200,6 +205,9 @@ def register(client: _Registrar, name: str) -> Any:
     """Register script ``name`` on ``client`` (no I/O; the script loads on first use).
 
     Works for ``redis.Redis``, ``redis.RedisCluster`` and their asyncio twins; the
-    returned object is called as ``script(keys=[...], args=[...])``.
+    returned object is called as ``script(keys=[...], args=[...])``. It holds ``client``
+    weakly (see :func:`for_client`): whoever calls it holds the client.
     """
-    return client.register_script(source(name))
+    script = client.register_script(source(name))
+    script.registered_client = weakref.proxy(client)
+    return script

@@ -18,6 +18,13 @@ from tests.helpers import wait_for
 DECISION = Decision("t", Outcome.COMMIT, Tally(3, 3, 0, 0, 0, 0))
 
 
+class NoClient:
+    """The client of a hub that starts no link (a hub holds its client weakly)."""
+
+
+NO_CLIENT = NoClient()
+
+
 def asleep(relay: Relay, n: int) -> list[Waiter]:
     """``n`` waiters whose threads are (as far as the relay knows) asleep on their event."""
     return [Waiter("t", Latch(), threading.Event(), relay, asleep=True) for _ in range(n)]
@@ -151,7 +158,7 @@ def test_a_confirmation_resets_listeners_before_raising_the_ready_flag() -> None
     """When the server confirms a channel, its listeners hear the reset while the
     channel's ready flag is still down: a waiter blocked on the flag then starts with
     its first read after the reset (Waiter.settle drops it) instead of reading twice."""
-    dispatch = EventHub(object()).dispatch  # no link is started: only the bookkeeping
+    dispatch = EventHub(NO_CLIENT).dispatch  # no link is started: only the bookkeeping
     ready = dispatch.ready("ch")
     seen: list[bool] = []
 
@@ -239,7 +246,7 @@ def test_a_final_message_drops_its_tags_listeners_at_delivery() -> None:
     one hands it to the tag's waiters and forgets them at once: their own remove is
     then a no-op, a listener of every tag (ANY) stays, and a waiter that registers
     afterwards starts a group of its own. Other channels keep their listeners."""
-    dispatch = EventHub(object()).dispatch
+    dispatch = EventHub(NO_CLIENT).dispatch
     payload = msgpack.packb(["t", "commit", "votes", "", "all voted yes", 1, 3, 3, 0, 9])
     assert parse_message(payload) is not None
     waiters = [Waiter("t", Latch(), threading.Event()) for _ in range(3)]

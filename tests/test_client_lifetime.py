@@ -59,7 +59,7 @@ def test_a_dropped_client_is_freed_with_its_connections(redis_server: RedisServe
     tx.vote(0, True)
     assert tx.wait(timeout=10).committed
     hub = events.hub_for(client)  # (it holds the client weakly)
-    assert wait_for(lambda: hub.connections == 1)
+    assert hub.connected.wait(30)  # the subscription is confirmed
     assert _connections(redis_server, name) >= 2  # commands, and the hub's subscriber
     ref = weakref.ref(client)
     del client, breaker, tx

@@ -86,11 +86,12 @@ def test_many_clients_made_and_dropped_leave_nothing_behind(redis_server: RedisS
 def test_a_client_only_a_breaker_holds_keeps_serving_it(redis_server: RedisServer) -> None:
     """The registries hold the client weakly; the breaker holds it, so its scripts and its
     hub (events from other processes' breakers) go on working after a collection."""
-    breaker = SharedBreaker(
-        "lifetime-held", client=_client(redis_server, "lifetime-held"), reset_timeout=60
+    breaker = SharedBreaker(  # its view lasts a minute: only an event can change it sooner
+        "lifetime-held", client=_client(redis_server, "lifetime-held"), sync_interval=60
     )
     assert breaker.call(lambda: 1) == 1
     gc.collect()
+    assert events.hub_for(breaker.client).connected.wait(30)  # the subscription is confirmed
     other = SharedBreaker("lifetime-held", client=_client(redis_server, "lifetime-other"))
     other.force_open(reason="drill")
 
@@ -101,7 +102,7 @@ def test_a_client_only_a_breaker_holds_keeps_serving_it(redis_server: RedisServe
             return True
         return False
 
-    assert wait_for(refused, timeout=10)  # heard over the hub, or from its next script call
+    assert wait_for(refused, timeout=30)  # heard over the hub
     breaker.sync()
     assert breaker.snapshot().state.value == "forced_open"
 
